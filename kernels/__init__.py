@@ -1,0 +1,1 @@
+"""Fused score + top-k kernels, shipped as ``jmlr.kernels``."""
