@@ -1,0 +1,137 @@
+"""The ``jmlr`` command. Each subcommand imports what it needs lazily, so ``jmlr --help`` is instant."""
+from __future__ import annotations
+
+import argparse
+import importlib
+import os
+import sys
+from pathlib import Path
+
+EPILOG = """examples:
+  jmlr demo --quick                          joint training on the bundled demo data, offline
+  jmlr train --config examples/configs/demo.yaml optim.steps=50 loss.name=jmlr_rank
+  jmlr eval --run runs/demo/joint --data test.jsonl --format medqa [--no-retrieval]
+  jmlr index build --corpus corpus.jsonl --encoder minilm --out idx/ --type hnsw
+  jmlr index search --index idx/ --query "first-line drug for ..." -k 5
+  jmlr eval retrieval --index idx/ --data medmcqa.json --format medmcqa
+  jmlr data inspect us_4options_test.jsonl --format medqa
+  jmlr bench topk --quick --out bench/
+"""
+
+
+class NotBuiltYet(RuntimeError):
+    """A capability of the CLI that is not implemented yet."""
+
+
+def _not_built(what: str):
+    def run(args) -> int:
+        print(f"jmlr: '{what}' is not built yet in this version of jmlr.", file=sys.stderr)
+        return 3
+    return run
+
+
+def _try_add(module: str, subparsers, fallback_name: str | None = None, help: str = "") -> bool:
+    """Let a part register its own subcommands through ``add_cli(subparsers)``."""
+    try:
+        mod = importlib.import_module(module)
+    except ModuleNotFoundError as e:
+        if e.name and (e.name == module or module.startswith(e.name + ".")):
+            if fallback_name:
+                p = subparsers.add_parser(fallback_name, help=help + " (not built yet)")
+                p.add_argument("rest", nargs=argparse.REMAINDER)
+                p.set_defaults(func=_not_built(fallback_name))
+            return False
+        raise
+    mod.add_cli(subparsers)
+    return True
+
+
+# ------------------------------------------------------------------------------------------- data
+
+def _cmd_data_inspect(args) -> int:
+    from jmlr.data import format_summary, inspect_summary, load_qa
+
+    examples = load_qa(args.format, args.file)
+    print(format_summary(inspect_summary(examples)))
+    return 0
+
+
+def _add_data(sub) -> None:
+    p = sub.add_parser("data", help="inspect QA files and corpora",
+                       formatter_class=argparse.RawDescriptionHelpFormatter,
+                       epilog="examples:\n  jmlr data inspect us_4options_test.jsonl --format medqa\n"
+                              "  jmlr data inspect mmlu_medical/ --format mmlu\n")
+    dsub = p.add_subparsers(dest="data_cmd", required=True)
+    q = dsub.add_parser("inspect", help="count examples, option-count histogram, one example")
+    q.add_argument("file", help="QA file (or folder of CSVs for mmlu)")
+    q.add_argument("--format", required=True,
+                   help="jmlr, medqa, amboss, medmcqa, mmlu, pubmedqa, huatuo, jsonl")
+    q.set_defaults(func=_cmd_data_inspect)
+
+
+# ------------------------------------------------------------------------------------------- bench
+
+BENCHMARKS = {"topk": "topk.py", "refresh": "refresh.py", "joint": "joint_vs_separate.py",
+              "demo-baselines": "demo_baselines.py", "retrieval-real": "retrieval_real.py",
+              "corpus-memory": "corpus_memory.py"}
+
+
+def _cmd_bench(args) -> int:
+    import runpy
+
+    root = Path(__file__).resolve().parent.parent / "benchmarks"
+    script = root / BENCHMARKS[args.name]
+    if not script.is_file():
+        print(f"jmlr: benchmark '{args.name}' needs the source checkout ({script} not found); "
+              "clone the repository to run benchmarks", file=sys.stderr)
+        return 3
+    sys.argv = [str(script)] + args.rest
+    sys.path.insert(0, str(root.parent))
+    runpy.run_path(str(script), run_name="__main__")
+    return 0
+
+
+def _add_bench(sub) -> None:
+    p = sub.add_parser("bench", help="run a benchmark (writes JSON, a markdown table and a PNG)",
+                       formatter_class=argparse.RawDescriptionHelpFormatter,
+                       epilog="examples:\n  jmlr bench topk --quick --out bench/\n"
+                              "  jmlr bench refresh --quick --out bench/\n  jmlr bench joint --quick --out bench/\n")
+    p.add_argument("name", choices=sorted(BENCHMARKS))
+    p.add_argument("rest", nargs=argparse.REMAINDER, help="arguments passed to the benchmark script")
+    p.set_defaults(func=_cmd_bench)
+
+
+# ------------------------------------------------------------------------------------------- main
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="jmlr", description="Joint training of a dense retriever and an LLM reader for medical QA.",
+        formatter_class=argparse.RawDescriptionHelpFormatter, epilog=EPILOG)
+    parser.add_argument("--version", action="version", version=f"jmlr {importlib.import_module('jmlr').__version__}")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    _try_add("jmlr.demo", sub, "demo", "joint training on the bundled demo data, offline")
+    _try_add("jmlr.train.cli", sub, "train", "joint training from a YAML config")
+    _try_add("jmlr.eval.cli", sub, "eval", "evaluate a run: MCQ accuracy, retrieval metrics")
+    _try_add("jmlr.index.cli", sub, "index", "build and search an index over a corpus")
+    _add_bench(sub)
+    _add_data(sub)
+    _try_add("jmlr.train.stages.cli", sub)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        return int(args.func(args) or 0)
+    except (ValueError, FileNotFoundError) as e:
+        print(f"jmlr {args.command}: error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

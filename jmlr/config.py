@@ -1,0 +1,274 @@
+"""Typed dataclass configs (Tevatron-style): help text per field, loaded from YAML, overridden by ``key=value``.
+
+>>> cfg = load_config(None, ["optim.steps=20", "loss.name=jmlr_rank", "reader.lora=true"])
+>>> cfg.optim.steps, cfg.loss.name, cfg.reader.lora
+(20, 'jmlr_rank', True)
+
+Unknown keys are errors that name the key and suggest the closest known one.
+"""
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import json
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Optional
+
+
+def _f(default, help: str, **kw):
+    """A dataclass field with help text (``metadata['help']``)."""
+    if isinstance(default, (list, dict)):
+        return field(default_factory=lambda d=default: type(d)(d), metadata={"help": help}, **kw)
+    return field(default=default, metadata={"help": help}, **kw)
+
+
+@dataclass
+class DataConfig:
+    format: str = _f("jmlr", "QA file format for train/dev/test (see jmlr.data.load_qa): jmlr, medqa, amboss, "
+                             "medmcqa, mmlu, pubmedqa, huatuo, jsonl")
+    train: str = _f("demo", "training QA file, or 'demo' for the bundled demo split")
+    dev: str = _f("demo", "dev QA file (evaluated during training), or 'demo'")
+    test: str = _f("demo", "held-out QA file for the final evaluation, or 'demo'")
+    corpus: str = _f("demo", "corpus file/folder (JSONL, TSV, text, markdown folder), or 'demo'")
+    corpus_format: Optional[str] = _f(None, "corpus format; inferred from the extension when empty")
+    max_train: Optional[int] = _f(None, "use at most this many training questions")
+    max_eval: Optional[int] = _f(None, "evaluate on at most this many dev/test questions")
+
+
+@dataclass
+class RetrieverConfig:
+    model: str = _f("minilm", "encoder: a jmlr alias (minilm), a sentence-transformers folder or an HF encoder")
+    shared_towers: bool = _f(True, "query and doc towers share weights (False: two copies)")
+    pooling: str = _f("mean", "pooling over token states: mean or cls")
+    normalize: bool = _f(True, "L2-normalise embeddings (cosine scores)")
+    max_length: int = _f(128, "max tokens per query or passage for the encoder")
+    train_docs: bool = _f(True, "train the doc tower too; False is query-side-only mode (no refresh needed)")
+    lr: float = _f(2e-5, "learning rate of the retriever parameter group")
+    temperature: float = _f(0.05, "retrieval temperature tau used to turn scores into softmax(s/tau)")
+
+
+@dataclass
+class ReaderConfig:
+    model: str = _f("smollm2-135m", "causal LM: a jmlr alias (smollm2-135m), an HF folder or name")
+    template: str = _f("jmlr", "prompt template: jmlr, chat or freetext")
+    max_length: int = _f(384, "max prompt+answer tokens per sequence (passages are truncated first)")
+    lora: bool = _f(False, "train LoRA adapters (peft) instead of all reader weights")
+    lora_r: int = _f(8, "LoRA rank")
+    lora_alpha: int = _f(16, "LoRA alpha")
+    gradient_checkpointing: bool = _f(False, "recompute activations in backward to save memory")
+    lr: float = _f(2e-5, "learning rate of the reader parameter group")
+    trust_remote_code: bool = _f(False, "allow custom model code from the model folder (off by default)")
+
+
+@dataclass
+class IndexConfig:
+    type: str = _f("exact", "index backend: exact (fused top-k kernels), flat, ivf, ivfpq, hnsw, sq8")
+    top_k: int = _f(4, "K: passages retrieved per question and given to the reader")
+    over_retrieve: int = _f(0, "K' > K: retrieve K' from the (possibly stale) index, rerank with the current "
+                               "doc tower, keep K (0 = off)")
+    sample_m: int = _f(0, "m < K: sample m of the K candidates from softmax(s) per step as JMLR does (0 = off)")
+    storage: str = _f("fp32", "stored embedding precision for the exact index: fp32, fp16, bf16, int8")
+
+
+@dataclass
+class RefreshConfig:
+    every: int = _f(0, "refresh the index every R optimizer steps (0 = never, unless schedule/staleness)")
+    schedule: str = _f("", "piecewise refresh period, e.g. '0-1000:500,1000-:1000'")
+    staleness_threshold: Optional[float] = _f(None, "refresh when stale-vs-fresh Recall@k on the probe set "
+                                                   "drops below this")
+    asynchronous: bool = _f(True, "re-encode in the background and swap between steps (False: blocking)")
+    probe_size: int = _f(256, "passages in the staleness probe set")
+
+
+@dataclass
+class LossConfig:
+    name: str = _f("rag_sequence", "joint loss: rag_sequence, rag_token, jmlr_rank, pdist, emdr2, lsr, loop")
+    reader_temperature: float = _f(1.0, "temperature on reader log-likelihoods for distillation losses")
+    options: dict = _f({}, "extra keyword arguments of the loss class")
+
+
+@dataclass
+class OptimConfig:
+    steps: int = _f(200, "optimizer steps")
+    batch_size: int = _f(4, "questions per micro-batch")
+    grad_accum: int = _f(1, "micro-batches per optimizer step")
+    warmup_steps: int = _f(10, "linear warmup steps")
+    schedule: str = _f("linear", "learning-rate schedule after warmup: linear, cosine or constant")
+    max_grad_norm: float = _f(1.0, "gradient clipping norm (0 = off)")
+    weight_decay: float = _f(0.0, "AdamW weight decay")
+    bf16: bool = _f(True, "bf16 autocast (CPU with AVX-512 BF16, or GPU)")
+
+
+@dataclass
+class TrainConfig:
+    output_dir: str = _f("runs/jmlr", "run folder: metrics, checkpoints, plots")
+    seed: int = _f(0, "random seed for torch, numpy and python")
+    eval_every: int = _f(50, "evaluate on dev every N steps (0 = only at the end)")
+    checkpoint_every: int = _f(0, "checkpoint every N steps (0 = only at the end)")
+    log_every: int = _f(1, "log training metrics every N steps")
+    resume: Optional[str] = _f(None, "checkpoint folder to resume from ('latest' = newest in output_dir)")
+    data: DataConfig = field(default_factory=DataConfig, metadata={"help": "data files"})
+    retriever: RetrieverConfig = field(default_factory=RetrieverConfig, metadata={"help": "retriever"})
+    reader: ReaderConfig = field(default_factory=ReaderConfig, metadata={"help": "reader"})
+    index: IndexConfig = field(default_factory=IndexConfig, metadata={"help": "index and retrieval"})
+    refresh: RefreshConfig = field(default_factory=RefreshConfig, metadata={"help": "index refresh policy"})
+    loss: LossConfig = field(default_factory=LossConfig, metadata={"help": "joint loss"})
+    optim: OptimConfig = field(default_factory=OptimConfig, metadata={"help": "optimisation"})
+
+
+# ----------------------------------------------------------------------------------------------- helpers
+
+def _is_dc(tp) -> bool:
+    return isinstance(tp, type) and dataclasses.is_dataclass(tp)
+
+
+def _hints(cls) -> dict[str, Any]:
+    return typing.get_type_hints(cls)
+
+
+def all_keys(cls=TrainConfig, prefix: str = "") -> list[str]:
+    """Every dotted key a config class accepts."""
+    keys = []
+    for name, tp in _hints(cls).items():
+        if _is_dc(tp):
+            keys += all_keys(tp, prefix + name + ".")
+        else:
+            keys.append(prefix + name)
+    return keys
+
+
+def _unknown(key: str, where: str, known: list[str]) -> ValueError:
+    close = difflib.get_close_matches(key, known, n=1, cutoff=0.5)
+    hint = f"; did you mean '{close[0]}'?" if close else f"; known keys: {', '.join(sorted(known))}"
+    return ValueError(f"unknown config key '{key}'{where}{hint}")
+
+
+def _coerce(value: Any, tp, key: str) -> Any:
+    """Convert a YAML value or a command-line string to the field type ``tp``."""
+    origin = typing.get_origin(tp)
+    if origin in (typing.Union, types.UnionType):
+        args = [a for a in typing.get_args(tp) if a is not type(None)]
+        if value is None or (isinstance(value, str) and value.lower() in ("none", "null", "")):
+            return None
+        return _coerce(value, args[0], key)
+    if tp is bool:
+        if isinstance(value, bool):
+            return value
+        if isinstance(value, str) and value.lower() in ("true", "1", "yes", "on"):
+            return True
+        if isinstance(value, str) and value.lower() in ("false", "0", "no", "off"):
+            return False
+        raise ValueError(f"config key '{key}' expects true/false, got {value!r}")
+    if tp in (int, float):
+        if isinstance(value, bool):
+            raise ValueError(f"config key '{key}' expects {tp.__name__}, got {value!r}")
+        try:
+            v = float(value) if tp is float else int(str(value), 0) if isinstance(value, str) else int(value)
+        except (TypeError, ValueError):
+            raise ValueError(f"config key '{key}' expects {tp.__name__}, got {value!r}") from None
+        if tp is int and isinstance(value, float) and value != int(value):
+            raise ValueError(f"config key '{key}' expects an integer, got {value!r}")
+        return v
+    if tp is str:
+        return str(value)
+    if tp is dict or origin is dict:
+        if isinstance(value, str):
+            try:
+                value = json.loads(value)
+            except json.JSONDecodeError:
+                raise ValueError(f"config key '{key}' expects a mapping (JSON on the command line), "
+                                 f"got {value!r}") from None
+        if not isinstance(value, dict):
+            raise ValueError(f"config key '{key}' expects a mapping, got {value!r}")
+        return dict(value)
+    return value
+
+
+def _apply(obj, mapping: dict, prefix: str, where: str) -> None:
+    hints = _hints(type(obj))
+    for k, v in mapping.items():
+        key = prefix + str(k)
+        if k not in hints:
+            raise _unknown(key, where, all_keys())
+        tp = hints[k]
+        if _is_dc(tp):
+            if not isinstance(v, dict):
+                raise ValueError(f"config section '{key}'{where} must be a mapping, got {v!r}")
+            _apply(getattr(obj, k), v, key + ".", where)
+        else:
+            setattr(obj, k, _coerce(v, tp, key))
+
+
+def set_value(cfg: TrainConfig, dotted: str, value: Any) -> None:
+    """Set one dotted key (``optim.lr``) on ``cfg``, coercing ``value`` to the field's type."""
+    parts = dotted.split(".")
+    obj = cfg
+    for i, p in enumerate(parts):
+        hints = _hints(type(obj))
+        if p not in hints:
+            raise _unknown(dotted, "", all_keys())
+        if i == len(parts) - 1:
+            if _is_dc(hints[p]):
+                raise ValueError(f"'{dotted}' is a section; set one of its keys, e.g. '{dotted}."
+                                 f"{next(iter(_hints(hints[p])))}=...'")
+            setattr(obj, p, _coerce(value, hints[p], dotted))
+        else:
+            if not _is_dc(hints[p]):
+                raise _unknown(dotted, "", all_keys())
+            obj = getattr(obj, p)
+
+
+def load_config(path: str | Path | None = None, overrides: list[str] | None = None,
+                cls=TrainConfig) -> TrainConfig:
+    """Defaults, then the YAML file at ``path`` (if any), then ``key=value`` overrides, in that order."""
+    import yaml
+
+    cfg = cls()
+    if path is not None:
+        p = Path(path)
+        if not p.is_file():
+            raise FileNotFoundError(f"config file not found: {p}")
+        try:
+            data = yaml.safe_load(p.read_text()) or {}
+        except yaml.YAMLError as e:
+            raise ValueError(f"{p}: not valid YAML: {e}") from None
+        if not isinstance(data, dict):
+            raise ValueError(f"{p}: expected a mapping of config keys at the top level, got {type(data).__name__}")
+        _apply(cfg, data, "", f" in {p}")
+    for item in overrides or []:
+        if "=" not in item:
+            raise ValueError(f"override {item!r} must look like key=value (e.g. optim.steps=100)")
+        key, value = item.split("=", 1)
+        key = key.strip()
+        try:
+            value = yaml.safe_load(value) if value.strip() else ""
+        except yaml.YAMLError:
+            pass
+        set_value(cfg, key, value)
+    return cfg
+
+
+def to_dict(cfg) -> dict:
+    return dataclasses.asdict(cfg)
+
+
+def save_config(cfg, path: str | Path) -> None:
+    import yaml
+
+    Path(path).write_text(yaml.safe_dump(to_dict(cfg), sort_keys=False))
+
+
+def describe(cls=TrainConfig, prefix: str = "") -> str:
+    """One line per key with type, default and help (for ``--help`` output)."""
+    lines = []
+    inst = cls()
+    for f in dataclasses.fields(cls):
+        tp = _hints(cls)[f.name]
+        if _is_dc(tp):
+            lines.append(describe(tp, prefix + f.name + "."))
+        else:
+            lines.append(f"  {prefix + f.name:<34} {getattr(inst, f.name)!r:<16} {f.metadata.get('help', '')}")
+    return "\n".join(lines)
