@@ -38,8 +38,7 @@ def _try_add(module: str, subparsers, fallback_name: str | None = None, help: st
         if e.name and (e.name == module or module.startswith(e.name + ".")):
             if fallback_name:
                 p = subparsers.add_parser(fallback_name, help=help + " (not built yet)")
-                p.add_argument("rest", nargs=argparse.REMAINDER)
-                p.set_defaults(func=_not_built(fallback_name))
+                p.set_defaults(func=_not_built(fallback_name), _accepts_unknown=True)
             return False
         raise
     mod.add_cli(subparsers)
@@ -122,7 +121,9 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     parser = build_parser()
-    args = parser.parse_args(argv)
+    args, unknown = parser.parse_known_args(argv)
+    if unknown and not getattr(args, "_accepts_unknown", False):
+        parser.error(f"unrecognized arguments: {' '.join(unknown)}")
     try:
         return int(args.func(args) or 0)
     except (ValueError, FileNotFoundError) as e:
