@@ -1,0 +1,482 @@
+"""JointTrainer: one loop that trains the retriever and the reader together.
+
+Read ``JointTrainer.train`` top to bottom: setup, then for each step: retrieve, score, read, loss, optimizer
+step, refresh, eval, checkpoint. Shapes: B questions per micro-batch, K candidates per question, d embedding
+dim, K' over-retrieved candidates.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+import random
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+import torch
+from torch import nn
+
+from jmlr.config import TrainConfig, save_config, to_dict
+from jmlr.train import checkpoint as ckpt
+
+logger = logging.getLogger(__name__)
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed % (2**32))
+    torch.manual_seed(seed)
+
+
+class JointModel(nn.Module):
+    """Retriever towers + reader LM in one module, so DDP wraps (and syncs) both with one forward.
+
+    ``forward`` returns candidate scores (B, K) with gradient into the towers and reader log-likelihoods
+    (B, K) with gradient into the reader; the search itself is done by the trainer beforehand.
+    """
+
+    def __init__(self, retriever, reader):
+        super().__init__()
+        self.retriever = retriever
+        self.reader_model = reader.model
+        self._reader = reader
+
+    def forward(self, questions: list[str], examples: list, cand_texts: list[list[str]],
+                cand_emb: torch.Tensor | None, train_docs: bool, extras: Sequence[str] = ()):
+        B, K = len(cand_texts), len(cand_texts[0])
+        q = self.retriever.embed_queries(questions)  # (B, d)
+        if train_docs:
+            flat = [t for row in cand_texts for t in row]
+            d = self.retriever.embed_docs(flat).view(B, K, -1)  # (B, K, d)
+        else:
+            d = cand_emb.to(q.dtype)  # (B, K, d), cached doc embeddings: query-side-only training
+        scores = torch.einsum("bd,bkd->bk", q, d)  # (B, K)
+        out = {"scores": scores}
+        if "token_logp" in extras:
+            ll, tok, mask = self._reader.answer_loglik(examples, cand_texts, return_token_logp=True)
+            out.update(loglik=ll, token_logp=tok, token_mask=mask)
+        else:
+            out["loglik"] = self._reader.answer_loglik(examples, cand_texts)  # (B, K)
+        if "reader_nll" in extras:
+            out["reader_nll"] = -self._reader.concat_loglik(examples, cand_texts)  # (B,)
+        if "loo_loglik" in extras:
+            out["loo_loglik"] = self._reader.loo_loglik(examples, cand_texts)  # (B, K)
+        return out
+
+
+# Extra reader outputs each loss needs beyond (scores, loglik).
+LOSS_EXTRAS = {"rag_token": ("token_logp",), "jmlr_rank": ("reader_nll",), "loop": ("loo_loglik",)}
+
+
+@dataclass
+class RunCosts:
+    """What a run cost: the numbers every summary reports."""
+    step_times: list[float] = field(default_factory=list)
+    reader_tokens: int = 0
+    retriever_tokens: int = 0
+    eval_s: float = 0.0
+
+    def summary(self, reader_params: int, retriever_params: int, refresh_stats: dict) -> dict:
+        st = self.step_times
+        flops = 6 * reader_params * self.reader_tokens + 6 * retriever_params * self.retriever_tokens
+        return {
+            "steps": len(st),
+            "step_time_mean_s": float(np.mean(st)) if st else 0.0,
+            "step_time_p50_s": float(np.median(st)) if st else 0.0,
+            "train_s": float(np.sum(st)),
+            "eval_s": self.eval_s,
+            "reader_tokens": self.reader_tokens,
+            "retriever_tokens": self.retriever_tokens,
+            "train_flops_est": float(flops),
+            "refresh": refresh_stats,
+        }
+
+
+class JointTrainer:
+    """Train a DualEncoder retriever and a Reader in one loop (see module docstring).
+
+    Args:
+        config: a :class:`~jmlr.config.TrainConfig`.
+        retriever: a :class:`~jmlr.retriever.DualEncoder`.
+        reader: a :class:`~jmlr.reader.Reader`.
+        corpus: the :class:`~jmlr.data.Corpus` to retrieve from.
+        train_data / dev_data: lists of :class:`~jmlr.data.QAExample`.
+
+    >>> trainer = JointTrainer(cfg, DualEncoder.from_pretrained("minilm"), Reader.from_pretrained("smollm2-135m"),
+    ...                        corpus, train, dev)            # doctest: +SKIP
+    >>> summary = trainer.train()                              # doctest: +SKIP
+    """
+
+    def __init__(self, config: TrainConfig, retriever, reader, corpus, train_data: list, dev_data: list | None = None,
+                 accelerator=None, progress: bool = True):
+        if not train_data:
+            raise ValueError("train_data is empty: nothing to train on")
+        if len(corpus) < config.index.top_k:
+            raise ValueError(f"corpus has {len(corpus)} passages, fewer than index.top_k={config.index.top_k}")
+        if config.index.sample_m and not 0 < config.index.sample_m <= config.index.top_k:
+            raise ValueError(f"index.sample_m={config.index.sample_m} must be in 1..index.top_k={config.index.top_k}")
+        self.cfg = config
+        self.retriever = retriever
+        self.reader = reader
+        self.corpus = corpus
+        self.train_data = list(train_data)
+        self.dev_data = list(dev_data or [])
+        self.progress = progress
+        self.out = Path(config.output_dir)
+        self.doc_texts = corpus.texts(with_title=True)
+        self.loss_fn = self._make_loss()
+        self.extras = LOSS_EXTRAS.get(config.loss.name, ())
+        self.accelerator = accelerator
+        self.history: list[dict] = []  # one row per optimizer step: step, loss, lr, ...
+        self.evals: list[dict] = []
+        self.costs = RunCosts()
+        self.step = 0
+        self._setup_done = False
+
+    # ------------------------------------------------------------------ construction helpers
+    @classmethod
+    def from_config(cls, cfg: TrainConfig, progress: bool = True) -> "JointTrainer":
+        """Load models and data named by ``cfg`` (aliases resolve to the bundled offline models)."""
+        from jmlr.reader import Reader
+        from jmlr.retriever import DualEncoder
+
+        train, dev, _test, corpus = load_data(cfg)
+        retriever = DualEncoder.from_pretrained(cfg.retriever.model, shared=cfg.retriever.shared_towers,
+                                                pooling=cfg.retriever.pooling, normalize=cfg.retriever.normalize,
+                                                max_length=cfg.retriever.max_length)
+        lora = {"r": cfg.reader.lora_r, "lora_alpha": cfg.reader.lora_alpha} if cfg.reader.lora else None
+        reader = Reader.from_pretrained(cfg.reader.model, template=cfg.reader.template,
+                                        max_length=cfg.reader.max_length, lora=lora,
+                                        gradient_checkpointing=cfg.reader.gradient_checkpointing,
+                                        trust_remote_code=cfg.reader.trust_remote_code)
+        return cls(cfg, retriever, reader, corpus, train, dev, progress=progress)
+
+    def _make_loss(self):
+        from jmlr.losses import get_loss
+
+        kw = dict(self.cfg.loss.options)
+        return get_loss(self.cfg.loss.name, **kw)
+
+    # ------------------------------------------------------------------ setup
+    def setup(self) -> None:
+        """Accelerator, optimizer with two param groups, schedule, index and refresher, resume."""
+        if self._setup_done:
+            return
+        cfg = self.cfg
+        from accelerate import Accelerator
+        from accelerate.utils import DistributedDataParallelKwargs
+        from transformers import get_scheduler
+
+        seed_everything(cfg.seed)
+        if self.accelerator is None:
+            self.accelerator = Accelerator(
+                gradient_accumulation_steps=1, cpu=not torch.cuda.is_available(),
+                kwargs_handlers=[DistributedDataParallelKwargs(find_unused_parameters=True)])
+        acc = self.accelerator
+        self.rank, self.world = acc.process_index, acc.num_processes
+        self.device = acc.device
+        self.is_main = acc.is_main_process
+
+        if not cfg.retriever.train_docs:
+            self.retriever.freeze_docs()
+        model = JointModel(self.retriever, self.reader)
+        groups = [
+            {"params": [p for p in self.retriever.parameters() if p.requires_grad], "lr": cfg.retriever.lr,
+             "name": "retriever"},
+            {"params": [p for p in self.reader.model.parameters() if p.requires_grad], "lr": cfg.reader.lr,
+             "name": "reader"},
+        ]
+        groups = [g for g in groups if g["params"]]
+        if not groups:
+            raise ValueError("nothing to train: retriever and reader have no trainable parameters")
+        optim = torch.optim.AdamW(groups, weight_decay=cfg.optim.weight_decay)
+        sched_name = {"constant": "constant_with_warmup"}.get(cfg.optim.schedule, cfg.optim.schedule)
+        sched = get_scheduler(sched_name, optim, num_warmup_steps=cfg.optim.warmup_steps,
+                              num_training_steps=cfg.optim.steps)
+        self.model, self.optim, self.sched = acc.prepare(model, optim, sched)
+        self.n_reader_params = sum(p.numel() for p in self.reader.model.parameters())
+        self.n_retriever_params = sum(p.numel() for p in self.retriever.parameters())
+
+        from jmlr.train.retrieval import RetrievalState
+
+        self.retrieval = RetrievalState(self.retriever, self.doc_texts, cfg, rank=self.rank, world=self.world,
+                                        progress=self.progress and self.is_main)
+        if cfg.resume:
+            self.load_checkpoint(cfg.resume)
+        else:
+            self.retrieval.build()
+        if self.is_main:
+            self.out.mkdir(parents=True, exist_ok=True)
+            save_config(cfg, self.out / "config.yaml")
+        self._tb = _tensorboard(self.out / "tb") if self.is_main else None
+        self._setup_done = True
+
+    # ------------------------------------------------------------------ the loop
+    def train(self) -> dict:
+        """Run the whole schedule; returns the run summary (also written to ``output_dir/summary.json``)."""
+        from tqdm.auto import tqdm
+
+        cfg = self.cfg
+        self.setup()
+        bar = tqdm(total=cfg.optim.steps, initial=self.step, desc="joint", disable=not (self.progress and self.is_main),
+                   dynamic_ncols=True)
+        last_acc = None
+        while self.step < cfg.optim.steps:
+            t0 = time.perf_counter()
+            loss_value, stats = self.train_step()  # one optimizer step (grad_accum micro-batches)
+            self.step += 1
+            self.costs.step_times.append(time.perf_counter() - t0)
+            self.retrieval.maybe_refresh(self.step)  # async re-encode + swap between steps
+            row = {"step": self.step, "loss": loss_value, **stats, "index_version": self.retrieval.version,
+                   "step_s": self.costs.step_times[-1]}
+            self.history.append(row)
+            if self.is_main and (self.step % max(cfg.log_every, 1) == 0):
+                self._log(row)
+            if cfg.eval_every and self.step % cfg.eval_every == 0 and self.dev_data and self.step < cfg.optim.steps:
+                last_acc = self.evaluate(self.dev_data, split="dev")["accuracy"]
+            if cfg.checkpoint_every and self.step % cfg.checkpoint_every == 0 and self.step < cfg.optim.steps:
+                self.save_checkpoint()
+            bar.set_postfix(loss=f"{loss_value:.3f}", acc="-" if last_acc is None else f"{last_acc:.2f}",
+                            idx=f"v{self.retrieval.version}{'*' if self.retrieval.refreshing else ''}")
+            bar.update(1)
+        bar.close()
+        self.retrieval.finish()
+        if self.dev_data:
+            self.evaluate(self.dev_data, split="dev")
+        self.save_checkpoint()
+        return self.summary()
+
+    def _batch_indices(self, step: int, micro: int) -> list[int]:
+        """Deterministic, resumable data order: a fresh permutation per epoch from (seed, epoch)."""
+        B, W, n = self.cfg.optim.batch_size, self.world, len(self.train_data)
+        start = ((step * self.cfg.optim.grad_accum + micro) * W + self.rank) * B
+        out = []
+        for pos in range(start, start + B):
+            epoch, i = divmod(pos, n)
+            if not hasattr(self, "_perms") or self._perms[0] != epoch:
+                g = torch.Generator().manual_seed(self.cfg.seed * 1_000_003 + epoch)
+                self._perms = (epoch, torch.randperm(n, generator=g).tolist())
+            out.append(self._perms[1][i])
+        return out
+
+    def train_step(self) -> tuple[float, dict]:
+        cfg = self.cfg
+        self.model.train()
+        total, stats_acc = 0.0, {}
+        for micro in range(cfg.optim.grad_accum):
+            batch = [self.train_data[i] for i in self._batch_indices(self.step, micro)]
+            with self._autocast():
+                loss, stats = self._micro_step(batch)
+            self.accelerator.backward(loss / cfg.optim.grad_accum)
+            total += float(loss.detach()) / cfg.optim.grad_accum
+            for k, v in stats.items():
+                stats_acc[k] = stats_acc.get(k, 0.0) + v / cfg.optim.grad_accum
+        if cfg.optim.max_grad_norm:
+            params = [p for g in self.optim.param_groups for p in g["params"]]
+            stats_acc["grad_norm"] = float(self.accelerator.clip_grad_norm_(params, cfg.optim.max_grad_norm))
+        self.optim.step()
+        self.sched.step()
+        self.optim.zero_grad(set_to_none=True)
+        lrs = self.sched.get_last_lr()
+        for g, lr in zip(self.optim.param_groups, lrs):
+            stats_acc[f"lr_{g.get('name', 'group')}"] = lr
+        return total, stats_acc
+
+    def _micro_step(self, batch: list) -> tuple[torch.Tensor, dict]:
+        cfg = self.cfg
+        K, Kp = cfg.index.top_k, max(cfg.index.over_retrieve, cfg.index.top_k)
+        questions = [ex.question for ex in batch]
+        # 1. retrieve K' candidates from the current (possibly stale) index
+        with torch.no_grad():
+            q = self.retriever.embed_queries(questions).float()  # (B, d)
+        _, cand = self.retrieval.search(q, Kp)  # (B, K') corpus rows
+        # 2. over-retrieval: rerank the K' with the current doc tower and keep K
+        if Kp > K:
+            with torch.no_grad():
+                flat = [self.doc_texts[j] for j in cand.reshape(-1).tolist()]
+                d = self.retriever.encode_docs(flat, batch_size=len(flat), progress=False).view(len(batch), Kp, -1)
+                fresh = torch.einsum("bd,bkd->bk", q, d.float())  # (B, K')
+            cand = cand.gather(1, fresh.topk(K, dim=1).indices)  # (B, K)
+        # 3. optionally sample m of K from softmax(s / tau) (JMLR), with a step-seeded generator
+        if cfg.index.sample_m and cfg.index.sample_m < K:
+            cand = self._sample_candidates(q, cand)
+        cand_texts = [[self.doc_texts[j] for j in row] for row in cand.tolist()]
+        cand_emb = None if cfg.retriever.train_docs else self.retrieval.embeddings(cand)  # (B, K, d)
+        # 4. scores with gradient + reader log-likelihoods, in one (DDP-wrapped) forward
+        out = self.model(questions, batch, cand_texts, cand_emb, cfg.retriever.train_docs, self.extras)
+        scores = out["scores"].float() / cfg.retriever.temperature  # (B, K)
+        extra = {k: v for k, v in out.items() if k not in ("scores", "loglik")}
+        loss = self.loss_fn(scores, out["loglik"].float(), **extra)
+        self.costs.reader_tokens += int(getattr(self.reader, "last_num_tokens", 0) or 0)
+        self.costs.retriever_tokens += int(getattr(self.retriever, "last_num_tokens", 0) or 0)
+        with torch.no_grad():
+            p = scores.softmax(-1)
+            best = out["loglik"].float().argmax(-1)
+            stats = {"retr_entropy": float(-(p * p.clamp_min(1e-12).log()).sum(-1).mean()),
+                     "retr_agree": float((scores.argmax(-1) == best).float().mean()),
+                     "loglik_mean": float(out["loglik"].float().mean())}
+        return loss, stats
+
+    def _sample_candidates(self, q: torch.Tensor, cand: torch.Tensor) -> torch.Tensor:
+        """Gumbel-top-m sampling without replacement from softmax(s/tau) over the K candidates."""
+        m = self.cfg.index.sample_m
+        with torch.no_grad():
+            emb = self.retrieval.embeddings(cand)  # (B, K, d)
+            s = torch.einsum("bd,bkd->bk", q, emb.float()) / self.cfg.retriever.temperature
+            g = torch.Generator().manual_seed(self.cfg.seed * 7919 + self.step * 31 + self.rank)
+            gumbel = -torch.log(-torch.log(torch.rand(s.shape, generator=g).clamp(1e-9, 1 - 1e-9)))
+            pick = (s + gumbel).topk(m, dim=1).indices  # (B, m)
+        return cand.gather(1, pick)
+
+    def _autocast(self):
+        dev = "cuda" if self.device.type == "cuda" else "cpu"
+        return torch.autocast(dev, dtype=torch.bfloat16, enabled=self.cfg.optim.bf16)
+
+    # ------------------------------------------------------------------ evaluation
+    @torch.no_grad()
+    def evaluate(self, examples: list, split: str = "dev", retrieval: bool = True, k: int | None = None) -> dict:
+        """MCQ accuracy (with the top-K passages, or closed-book) and Recall@k of the gold passages."""
+        t0 = time.perf_counter()
+        self.setup()
+        res = evaluate_joint(self.retriever, self.reader, self.retrieval, self.doc_texts, self.corpus, examples,
+                             top_k=self.cfg.index.top_k, use_retrieval=retrieval, bf16=self.cfg.optim.bf16,
+                             progress=self.progress and self.is_main, recall_ks=(1, 5, 20) if k is None else (k,))
+        res.update(split=split, step=self.step, index_version=self.retrieval.version)
+        self.costs.eval_s += time.perf_counter() - t0
+        self.evals.append(res)
+        if self.is_main:
+            self._log({"eval": res})
+        return res
+
+    # ------------------------------------------------------------------ checkpoints
+    def save_checkpoint(self, folder: str | os.PathLike | None = None) -> Path | None:
+        """Reader, retriever, optimizer, scheduler, RNG, step and index: atomically, in safetensors + state."""
+        self.accelerator.wait_for_everyone()
+        folder = Path(folder) if folder else self.out / "checkpoints" / f"step-{self.step}"
+        if not self.is_main:
+            self.accelerator.wait_for_everyone()
+            return None
+        with ckpt.atomic_dir(folder) as tmp:
+            self.reader.save_pretrained(tmp / "reader")
+            self.retriever.save_pretrained(tmp / "retriever")
+            self.retrieval.save(tmp / "index")
+            ckpt.save_state(tmp, {
+                "step": self.step,
+                "optimizer": self.optim.state_dict(),
+                "scheduler": self.sched.state_dict(),
+                "rng": ckpt.rng_state(),
+                "index_version": self.retrieval.version,
+                "history": json.dumps(self.history),
+                "config": json.dumps(to_dict(self.cfg)),
+            })
+        self.accelerator.wait_for_everyone()
+        return folder
+
+    def load_checkpoint(self, folder: str | os.PathLike) -> None:
+        """Restore everything ``save_checkpoint`` wrote; training continues at the saved step."""
+        if str(folder) == "latest":
+            found = ckpt.latest_checkpoint(self.out)
+            if found is None:
+                raise FileNotFoundError(f"resume=latest but {self.out}/checkpoints holds no checkpoint")
+            folder = found
+        folder = Path(folder)
+        state = ckpt.load_state(folder)
+        from safetensors.torch import load_file
+
+        self.reader.load_weights(folder / "reader")
+        self.retriever.load_state_dict(load_file(str(folder / "retriever" / "model.safetensors")))
+        self.optim.load_state_dict(state["optimizer"])
+        self.sched.load_state_dict(state["scheduler"])
+        self.step = int(state["step"])
+        self.history = json.loads(state["history"])
+        self.retrieval.load(folder / "index", version=int(state["index_version"]))
+        ckpt.set_rng_state(state["rng"])
+
+    # ------------------------------------------------------------------ logging and summary
+    def _log(self, row: dict) -> None:
+        self.out.mkdir(parents=True, exist_ok=True)
+        with open(self.out / "metrics.jsonl", "a") as f:
+            f.write(json.dumps(row, default=float) + "\n")
+        if self._tb is not None and "loss" in row:
+            for k, v in row.items():
+                if isinstance(v, (int, float)) and k != "step":
+                    self._tb.add_scalar(f"train/{k}", v, row["step"])
+
+    def summary(self) -> dict:
+        s = {
+            "steps": self.step,
+            "final_loss": self.history[-1]["loss"] if self.history else None,
+            "losses": [h["loss"] for h in self.history],
+            "evals": self.evals,
+            "costs": self.costs.summary(self.n_reader_params, self.n_retriever_params, self.retrieval.stats()),
+        }
+        if self.is_main:
+            (self.out / "summary.json").write_text(json.dumps(s, indent=2, default=float))
+        return s
+
+
+def _tensorboard(path: Path):
+    try:
+        from torch.utils.tensorboard import SummaryWriter
+    except Exception:  # tensorboard not installed: JSONL logs only
+        return None
+    return SummaryWriter(str(path))
+
+
+@torch.no_grad()
+def evaluate_joint(retriever, reader, state, doc_texts, corpus, examples, top_k: int = 4,
+                   use_retrieval: bool = True, bf16: bool = True, progress: bool = True, batch_size: int = 8,
+                   recall_ks=(1, 5, 20)) -> dict:
+    """Accuracy of ``reader`` on ``examples`` with the top-``top_k`` passages from ``state`` (a
+    RetrievalState), or closed-book when ``use_retrieval`` is False, plus Recall@k of the gold passages."""
+    from tqdm.auto import tqdm
+
+    from jmlr.eval.mcq import mcq_accuracy
+    from jmlr.eval.retrieval import retrieval_metrics
+
+    preds, ranked = [], []
+    kmax = max(max(recall_ks), top_k)
+    for i in tqdm(range(0, len(examples), batch_size), desc="eval", disable=not progress, leave=False):
+        batch = examples[i:i + batch_size]
+        passages = None
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
+            q = retriever.encode_queries([ex.question for ex in batch], batch_size=len(batch), progress=False)
+        _, cand = state.search(q.float(), min(kmax, len(doc_texts)))  # (b, kmax)
+        ranked += [[corpus.ids[j] for j in row] for row in cand.tolist()]
+        if use_retrieval:
+            passages = [[doc_texts[j] for j in row[:top_k]] for row in cand.tolist()]
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
+            preds += reader.predict(batch, passages)
+    res = mcq_accuracy(preds, [ex.answer for ex in examples])
+    golds = [list(ex.gold_passage_ids) for ex in examples]
+    if any(golds):
+        res.update(retrieval_metrics(ranked, golds, ks=recall_ks))
+    res["retrieval"] = use_retrieval
+    return res
+
+
+def load_data(cfg: TrainConfig):
+    """(train, dev, test, corpus) named by ``cfg.data`` ('demo' = the bundled demo data)."""
+    from jmlr.data import Corpus, load_qa
+
+    d = cfg.data
+
+    def qa(src, split):
+        if src == "demo":
+            from jmlr.data.demo import demo_qa
+            ex = demo_qa(split)
+        else:
+            ex = load_qa(d.format, src)
+        lim = d.max_train if split == "train" else d.max_eval
+        return ex[:lim] if lim else ex
+
+    if d.corpus == "demo":
+        from jmlr.data.demo import demo_corpus
+        corpus = demo_corpus()
+    else:
+        corpus = Corpus.load(d.corpus, fmt=d.corpus_format)
+    return qa(d.train, "train"), qa(d.dev, "dev"), qa(d.test, "test"), corpus
