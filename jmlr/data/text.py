@@ -1,0 +1,30 @@
+"""Text normalisation shared by corpus dedup and the contamination check."""
+from __future__ import annotations
+
+import re
+import unicodedata
+
+_WS = re.compile(r"\s+")
+_WORD = re.compile(r"\w+")
+
+
+def normalize_text(s: str) -> str:
+    """Unicode NFKC, case-folded, whitespace runs collapsed to one space, stripped.
+
+    Two passages are exact duplicates for :meth:`Corpus.dedup` when their normalised texts are equal.
+    Punctuation is kept: "5 mg." and "5 mg" differ, "Aspirin\\n 5 mg" and "aspirin 5 mg" do not.
+    """
+    return _WS.sub(" ", unicodedata.normalize("NFKC", s).casefold()).strip()
+
+
+def words(s: str) -> list[str]:
+    """Normalised word tokens: NFKC, case-folded, ``\\w+`` runs (punctuation dropped)."""
+    return _WORD.findall(unicodedata.normalize("NFKC", s).casefold())
+
+
+def word_ngrams(s: str, n: int) -> set[tuple[str, ...]]:
+    """The set of normalised word ``n``-grams of ``s`` (empty when ``s`` has fewer than ``n`` words)."""
+    w = words(s)
+    if len(w) < n:
+        return set()
+    return set(zip(*(w[i:] for i in range(n))))
