@@ -244,6 +244,7 @@ class Corpus(Sequence[Passage]):
             return
         # group runs of equal hashes, then compare the real strings (hash collisions are not duplicates)
         starts = same[np.r_[True, np.diff(same) > 1]]
+        dups: list[tuple[int, int, str]] = []  # (position, first position, id)
         for s in starts.tolist():
             e = s + 1
             while e < len(hs) and hs[e] == hs[s]:
@@ -252,13 +253,21 @@ class Corpus(Sequence[Passage]):
             for i in sorted(order[s:e].tolist()):
                 pid = self._ids[i]
                 if pid in first:
-                    def where(k):
-                        if locs is not None and locs[k] >= 0:
-                            return f"{loc_name} {int(locs[k])}"
-                        return f"passage {k}"
-                    raise DataFormatError(source, where(i), f"duplicate passage id {pid!r} (first at {where(first[pid])}); "
-                                                            "expected unique ids")
-                first[pid] = i
+                    dups.append((i, first[pid], pid))
+                else:
+                    first[pid] = i
+        if not dups:
+            return
+
+        def where(k: int) -> str:
+            if locs is not None and locs[k] >= 0:
+                return f"{loc_name} {int(locs[k])}"
+            return f"passage {k}"
+
+        i, j, pid = min(dups)  # report the earliest one in file order
+        more = f"; {len(dups) - 1} more duplicate(s) follow" if len(dups) > 1 else ""
+        raise DataFormatError(source, where(i), f"duplicate passage id {pid!r} (first at {where(j)}){more}; "
+                                                "expected unique ids")
 
     def _build_index(self) -> tuple[np.ndarray, np.ndarray]:
         n = len(self._ids)
