@@ -256,3 +256,12 @@ def test_storage_is_compact():
     assert mem["titles"] == 0  # no titles: nothing stored per passage
     # UTF-8 bytes + two int64 offsets + 16 bytes of id index per passage; no Python object per passage
     assert mem["total"] <= content + n * (8 + 8 + 16) + 64
+
+
+def test_index_lists_and_text_ranges(small):
+    assert list(small[[2, 0]].ids) == ["c", "a"]
+    assert list(small[np.array([1])].ids) == ["b"]
+    assert small.texts(start=1) == ["Beta text.", "G? Gamma"]
+    assert small.texts(with_title=False, start=2, stop=10) == ["Gamma"]
+    with pytest.raises(TypeError, match="use corpus.get"):
+        small["a"]
