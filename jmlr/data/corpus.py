@@ -21,7 +21,7 @@ from typing import Any, Iterable, Iterator, Mapping, Sequence, overload
 
 import numpy as np
 
-from ._io import DataFormatError, atomic_write_lines, check_file, iter_jsonl, iter_lines, open_text
+from ._io import DataFormatError, atomic_write_lines, iter_jsonl, iter_lines, open_text
 from .text import normalize_text
 from .types import Passage, join_title
 

@@ -11,9 +11,9 @@ import json
 import logging
 import os
 from pathlib import Path
-from typing import Any, Callable, Iterable, Iterator, Mapping, Sequence
+from typing import Any, Callable, Iterable, Iterator, Mapping
 
-from ._io import DataFormatError, atomic_write_lines, check_file, iter_jsonl, iter_lines, iter_records, read_json
+from ._io import DataFormatError, atomic_write_lines, check_file, iter_jsonl, iter_records, read_json
 from .types import LETTERS, Passage, QAExample
 
 logger = logging.getLogger("jmlr.data")

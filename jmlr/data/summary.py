@@ -60,7 +60,7 @@ def format_summary(summary: dict[str, Any]) -> str:
     if n:
         lines.append(f"multiple-choice:     {summary['mcq']}    free-text: {summary['free_text']}")
         if summary["mcq"]:
-            lines.append(f"options per question {_hist(summary['option_counts'], n)}")
+            lines.append(f"option counts:       {_hist(summary['option_counts'], n)}")
             lines.append(f"answer letters:      {_hist(summary['answer_letters'], summary['mcq'])}")
         lines.append(f"with gold passages:  {summary['with_gold_passages']} ({summary['gold_passages']} passage ids)")
         if summary.get("with_answer_text"):
