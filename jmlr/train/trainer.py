@@ -68,8 +68,16 @@ class JointModel(nn.Module):
         return out
 
 
-# Extra reader outputs each loss needs beyond (scores, loglik).
-LOSS_EXTRAS = {"rag_token": ("token_logp",), "jmlr_rank": ("reader_nll",), "loop": ("loo_loglik",)}
+def loss_extras(loss_fn) -> tuple[str, ...]:
+    """Reader outputs a loss needs beyond (scores, loglik): its required inputs, plus the reader NLL on the
+    top docs concatenated for jmlr_rank (as the JMLR paper and code do)."""
+    need = set(getattr(loss_fn, "required_inputs", ()))
+    if getattr(loss_fn, "name", "") == "jmlr_rank":
+        need.add("reader_nll")
+    if "token_mask" in need:
+        need.discard("token_mask")
+        need.add("token_logp")
+    return tuple(sorted(need))
 
 
 @dataclass
@@ -129,7 +137,8 @@ class JointTrainer:
         self.out = Path(config.output_dir)
         self.doc_texts = corpus.texts(with_title=True)
         self.loss_fn = self._make_loss()
-        self.extras = LOSS_EXTRAS.get(config.loss.name, ())
+        self.extras = loss_extras(self.loss_fn)
+        self._loss_takes_generator = "generator" in getattr(self.loss_fn, "optional_inputs", ())
         self.accelerator = accelerator
         self.history: list[dict] = []  # one row per optimizer step: step, loss, lr, ...
         self.evals: list[dict] = []
@@ -310,6 +319,9 @@ class JointTrainer:
         out = self.model(questions, batch, cand_texts, cand_emb, cfg.retriever.train_docs, self.extras)
         scores = out["scores"].float() / cfg.retriever.temperature  # (B, K)
         extra = {k: v for k, v in out.items() if k not in ("scores", "loglik")}
+        if self._loss_takes_generator:  # step-seeded sampling inside the loss: resumable and reproducible
+            extra["generator"] = torch.Generator(scores.device).manual_seed(
+                self.cfg.seed * 104_729 + self.step * 1_009 + self.rank)
         loss = self.loss_fn(scores, out["loglik"].float(), **extra)
         self.costs.reader_tokens += int(getattr(self.reader, "last_num_tokens", 0) or 0)
         self.costs.retriever_tokens += int(getattr(self.retriever, "last_num_tokens", 0) or 0)
