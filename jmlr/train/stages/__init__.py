@@ -1,0 +1,56 @@
+"""Stage recipes of the usual medical-LLM route, on the same Reader and data layer as joint training.
+
+* :mod:`~jmlr.train.stages.pretrain` -- continued pretraining on corpus text in packed windows;
+* :mod:`~jmlr.train.stages.sft` -- supervised fine-tuning, loss on the response only (instructions or MCQs);
+* :mod:`~jmlr.train.stages.qgen` -- the LLM writes MCQs from passages, validated and filtered;
+* :mod:`~jmlr.train.stages.dpo` -- Direct Preference Optimization against a frozen reference;
+* :mod:`~jmlr.train.stages.progressive` -- progressive cases (later questions see earlier ones).
+
+Each training stage has a dataclass config (``PretrainConfig``, ``SFTConfig``, ``QGenConfig``, ``DPOConfig``)
+loaded by :func:`load_stage_config` from YAML + ``key=value``, a ``run_*`` function returning a summary
+(wall time, tokens, FLOPs estimate), and a ``jmlr <stage> --config FILE.yaml`` command. See docs/stages.md.
+Importing this package does not import torch.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+from .common import StageModelConfig, StageOptimConfig, load_reader, load_stage_config, sequence_logps, train_loop
+from .dpo import DPOConfig, PreferencePair, dpo_loss, load_preferences, run_dpo
+from .pretrain import PretrainConfig, pack_windows, qa_to_text, run_pretrain
+from .progressive import (ProgressiveCase, evaluate_progressive, expand_case, expand_cases, load_progressive,
+                          progressive_question)
+from .qgen import QGenConfig, QGenResult, generate_questions, parse_mcq, run_qgen, validate_mcq
+from .sft import (SFTConfig, SFTExample, encode_sft, format_instruction, instruction_examples, load_instructions,
+                  run_sft, sft_examples_from_qa)
+
+STAGE_CONFIGS = {"pretrain": PretrainConfig, "sft": SFTConfig, "qgen": QGenConfig, "dpo": DPOConfig}
+"""Stage name -> config dataclass."""
+
+STAGE_RUNNERS = {"pretrain": run_pretrain, "sft": run_sft, "qgen": run_qgen, "dpo": run_dpo}
+"""Stage name -> ``run_*(cfg, progress=...)``."""
+
+
+def config_class_for_file(path) -> type:
+    """The stage config class of a YAML file named after its stage: ``sft.yaml``, ``sft_medmcqa.yaml``,
+    ``dpo-small.yaml`` ... (the name up to the first ``_``, ``-`` or ``.``)."""
+    stem = Path(path).name
+    for sep in "_-.":
+        stem = stem.split(sep, 1)[0]
+    if stem not in STAGE_CONFIGS:
+        raise ValueError(f"{path}: cannot tell the stage from the file name; expected it to start with one of "
+                         f"{', '.join(STAGE_CONFIGS)}")
+    return STAGE_CONFIGS[stem]
+
+
+__all__ = [
+    "STAGE_CONFIGS", "STAGE_RUNNERS", "config_class_for_file", "load_stage_config", "StageModelConfig",
+    "StageOptimConfig", "load_reader", "sequence_logps", "train_loop",
+    "PretrainConfig", "run_pretrain", "pack_windows", "qa_to_text",
+    "SFTConfig", "SFTExample", "run_sft", "sft_examples_from_qa", "encode_sft", "load_instructions",
+    "instruction_examples", "format_instruction",
+    "QGenConfig", "QGenResult", "run_qgen", "generate_questions", "parse_mcq", "validate_mcq",
+    "DPOConfig", "PreferencePair", "run_dpo", "dpo_loss", "load_preferences",
+    "ProgressiveCase", "load_progressive", "expand_case", "expand_cases", "progressive_question",
+    "evaluate_progressive",
+]
