@@ -191,7 +191,7 @@ class JointTrainer:
         self.is_main = acc.is_main_process
 
         if not cfg.retriever.train_docs:
-            self.retriever.freeze_docs()
+            self.retriever.freeze_doc_tower()
         model = JointModel(self.retriever, self.reader)
         groups = [
             {"params": [p for p in self.retriever.parameters() if p.requires_grad], "lr": cfg.retriever.lr,
@@ -382,6 +382,7 @@ class JointTrainer:
                 "scheduler": self.sched.state_dict(),
                 "rng": ckpt.rng_state(),
                 "index_version": self.retrieval.version,
+                "last_refresh_trigger": self.retrieval.last_trigger_step,
                 "history": json.dumps(self.history),
                 "config": json.dumps(to_dict(self.cfg)),
             })
@@ -397,15 +398,21 @@ class JointTrainer:
             folder = found
         folder = Path(folder)
         state = ckpt.load_state(folder)
-        from safetensors.torch import load_file
+        from jmlr.reader import Reader
+        from jmlr.retriever import DualEncoder
 
-        self.reader.load_weights(folder / "reader")
-        self.retriever.load_state_dict(load_file(str(folder / "retriever" / "model.safetensors")))
+        # Load the saved folders the way users do, then copy into the live modules (the optimizer holds them).
+        saved_reader = Reader.from_pretrained(str(folder / "reader"))
+        self.reader.model.load_state_dict(saved_reader.model.state_dict())
+        saved_retriever = DualEncoder.from_pretrained(folder / "retriever", shared=self.retriever.shared)
+        self.retriever.load_state_dict(saved_retriever.state_dict())
+        del saved_reader, saved_retriever
         self.optim.load_state_dict(state["optimizer"])
         self.sched.load_state_dict(state["scheduler"])
         self.step = int(state["step"])
         self.history = json.loads(state["history"])
         self.retrieval.load(folder / "index", version=int(state["index_version"]))
+        self.retrieval.last_trigger_step = int(state["last_refresh_trigger"])
         ckpt.set_rng_state(state["rng"])
 
     # ------------------------------------------------------------------ logging and summary
