@@ -39,7 +39,6 @@ CPU_KERNELS = ("stream", "gemm", "amx")
 # Shape thresholds of the CPU dispatch, measured on a 2-core AVX-512/AMX Xeon (see docs/kernels.md).
 STREAM_MAX_B = 8  # fp32 storage: streaming kernel up to this batch, blocked sgemm above
 AMX_MIN_B = 1  # reduced storage: AMX-bf16 candidate pass from this batch on (when the CPU has AMX)
-GEMM_BLOCK = 8192  # doc rows per sgemm block
 
 _warned: set[str] = set()
 
@@ -136,7 +135,7 @@ def _candidates(queries, storage, scales, kk, backend, device, cpu_kernel, block
         docs = storage if storage.stride(1) == 1 else storage.contiguous()
         sc = None if scales is None else scales.float().contiguous()
         kid = {"stream": cpu_backend.STREAM, "gemm": cpu_backend.GEMM, "amx": cpu_backend.AMX}[kern]
-        s, i, nan = cpu_backend.topk_cpu(q, docs, kk, scales=sc, kernel=kid, block=block or GEMM_BLOCK)
+        s, i, nan = cpu_backend.topk_cpu(q, docs, kk, scales=sc, kernel=kid, block=block or 0)
         return s, i, nan, kern == "amx"
     if backend == "torch":
         from .torch_blocked import topk_torch

@@ -95,9 +95,10 @@ def features() -> dict:
 
 
 def topk_cpu(queries: torch.Tensor, docs: torch.Tensor, k: int, *, scales: torch.Tensor | None = None,
-             kernel: int = STREAM, block: int = 4096):
+             kernel: int = STREAM, block: int = 0):
     """Run one compiled kernel. ``queries`` (B, d) contiguous fp32; ``docs`` (N, d) fp32/bf16/fp16/int8 with
-    contiguous rows; ``scales`` (N,) fp32 for int8. Returns (scores (B, k) f32, idx (B, k) i64, nan_seen)."""
+    contiguous rows; ``scales`` (N,) fp32 for int8; ``block`` doc rows per chunk (0: the kernel's default).
+    Returns (scores (B, k) f32, idx (B, k) i64, nan_seen)."""
     ext = load_extension()
     if ext is None:
         raise RuntimeError(f"compiled CPU kernels unavailable: {unavailable_reason()}")

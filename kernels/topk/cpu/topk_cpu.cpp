@@ -4,9 +4,10 @@
 //   * stream: each thread streams its share of the doc rows ONCE through all B queries with AVX-512 FMA
 //             (docs stored as fp32, bf16, fp16 or int8 with per-row scales, converted to fp32 in registers).
 //             Memory-bound regime (small B).
-//   * gemm:   doc blocks of a few thousand rows go through at::mm (MKL sgemm, all threads), then each query's
-//             row of the block is filtered against its current k-th best before anything is kept.
-//             Compute-bound regime (large B), exact fp32.
+//   * gemm:   each thread runs a single-threaded MKL sgemm (at::mm) on a doc block sized so that the
+//             (B, block) scores stay in its L2, then filters each query's row against its current k-th best
+//             before anything is kept. Compute-bound regime (large B), exact fp32.
+// Threads take doc chunks from an atomic counter (no barrier until the final merge).
 //   * amx:    bf16 (or int8 / fp16 converted to bf16 in L1) docs x bf16 queries on AMX tiles, with fp32
 //             accumulation; used for reduced-precision candidate generation, followed by an fp32 rerank
 //             done in Python via rerank().
@@ -74,9 +75,10 @@ static bool amx_usable() {
 }
 
 // ------------------------------------------------------------------------------------------------
-// Running top-k: candidates strictly above the threshold are appended; when the buffer is full, an
+// Running top-k: candidates that beat the current k-th best are appended; when the buffer is full, an
 // nth_element keeps the k best and the k-th best becomes the new threshold. The order is total
-// (score desc, index asc), so results are deterministic and ties prefer the smaller index.
+// (score desc, index asc), so results do not depend on the order rows arrive in (threads take doc chunks
+// dynamically) and ties prefer the smaller index.
 // ------------------------------------------------------------------------------------------------
 struct Cand {
   float s;
@@ -87,6 +89,7 @@ static inline bool better(const Cand& a, const Cand& b) { return a.s > b.s || (a
 struct TopK {
   int64_t k = 0, cap = 0, n = 0;
   float thr = kNegInf;
+  int64_t thr_i = std::numeric_limits<int64_t>::max();
   std::vector<Cand> buf;
   void init(int64_t k_) {
     k = k_;
@@ -94,7 +97,10 @@ struct TopK {
     buf.resize(cap);
     n = 0;
     thr = kNegInf;
+    thr_i = std::numeric_limits<int64_t>::max();
   }
+  // would (v, i) enter the current k best? (false for NaN)
+  inline bool admits(float v, int64_t i) const { return v > thr || (v == thr && i < thr_i); }
   inline void push(float s, int64_t i) {
     buf[n].s = s;
     buf[n].i = i;
@@ -103,6 +109,7 @@ struct TopK {
   void compact() {
     std::nth_element(buf.begin(), buf.begin() + (k - 1), buf.begin() + n, better);
     thr = buf[k - 1].s;
+    thr_i = buf[k - 1].i;
     n = k;
   }
 };
@@ -110,7 +117,7 @@ struct TopK {
 // Merge the states of all threads for each query into (B, k) outputs, best first.
 static void merge_states(std::vector<std::vector<TopK>>& per_thread, int64_t B, int64_t k, float* out_s,
                          int64_t* out_i) {
-  at::parallel_for(0, B, 1, [&](int64_t b0, int64_t b1) {
+  at::parallel_for(0, B, 16, [&](int64_t b0, int64_t b1) {
     std::vector<Cand> all;
     for (int64_t b = b0; b < b1; ++b) {
       all.clear();
@@ -219,7 +226,7 @@ static inline void filter_tile(const float* out, int Qt, int64_t n, int64_t qb, 
     for (int r = 0; r < R; ++r) {
       float v = out[q * R + r];
       if (scales) v *= scales[n + r];
-      if (v > st.thr)
+      if (st.admits(v, n + r))
         st.push(v, n + r);
       else if (v != v)
         nan_seen = true;
@@ -284,7 +291,7 @@ static void stream_range_scalar(const T* D, int64_t ldd, int64_t d, int64_t n0, 
       float acc = 0.f;
       for (int64_t j = 0; j < d; ++j) acc += q[j] * row[j];
       float v = scales ? acc * scales[n] : acc;
-      if (v > states[b].thr)
+      if (states[b].admits(v, n))
         states[b].push(v, n);
       else if (v != v)
         nan_seen = true;
@@ -370,7 +377,7 @@ JMLR_AMX static inline void amx_filter(const float* C, int64_t n, int64_t g, int
     __m512 v = _mm512_loadu_ps(C + r * 16);
     if (scales) v = _mm512_mul_ps(v, _mm512_set1_ps(scales[n + r]));
     nanm |= _mm512_cmp_ps_mask(v, v, _CMP_UNORD_Q);
-    __mmask16 m = _mm512_cmp_ps_mask(v, tv, _CMP_GT_OQ);
+    __mmask16 m = _mm512_cmp_ps_mask(v, tv, _CMP_GE_OQ);
     if (m) {
       alignas(64) float vs[16];
       _mm512_store_ps(vs, v);
@@ -379,7 +386,7 @@ JMLR_AMX static inline void amx_filter(const float* C, int64_t n, int64_t g, int
         m &= m - 1;
         const int64_t b = g * 16 + q;
         TopK& st = states[b];
-        if (vs[q] > st.thr) {
+        if (st.admits(vs[q], n + r)) {
           st.push(vs[q], n + r);
           thr[b] = st.thr;
         }
@@ -462,14 +469,14 @@ JMLR_AVX512 static bool gemm_filter_row_avx512(const float* row, int64_t nb, int
     __m512 v = _mm512_maskz_loadu_ps(lm, row + j);
     if (S) v = _mm512_mul_ps(v, _mm512_maskz_loadu_ps(lm, S + n0 + j));
     nanm |= _mm512_mask_cmp_ps_mask(lm, v, v, _CMP_UNORD_Q);
-    __mmask16 m = _mm512_mask_cmp_ps_mask(lm, v, _mm512_set1_ps(st.thr), _CMP_GT_OQ);
+    __mmask16 m = _mm512_mask_cmp_ps_mask(lm, v, _mm512_set1_ps(st.thr), _CMP_GE_OQ);
     if (m) {
       alignas(64) float vs[16];
       _mm512_store_ps(vs, v);
       while (m) {
         const int t = __builtin_ctz(m);
         m &= m - 1;
-        if (vs[t] > st.thr) st.push(vs[t], n0 + j + t);
+        if (st.admits(vs[t], n0 + j + t)) st.push(vs[t], n0 + j + t);
       }
     }
   }
@@ -505,10 +512,24 @@ static void check_inputs(const at::Tensor& q, const at::Tensor& docs, const c10:
   }
 }
 
-// Split [0, N) into one contiguous range per thread.
-static int64_t num_chunks(int64_t N, int64_t min_rows) {
-  const int64_t T = std::max<int64_t>(1, at::get_num_threads());
-  return std::max<int64_t>(1, std::min<int64_t>(T, N / std::max<int64_t>(min_rows, 1)));
+// Dynamic schedule without barriers: T workers (one per torch thread) take chunks of `chunk` doc rows from
+// an atomic counter until none is left; each worker owns its top-k states, merged once at the end. On a
+// shared machine a descheduled thread then delays only its current chunk, not every block.
+template <typename F>
+static void run_chunks(int64_t N, int64_t chunk, int64_t T, F&& f /* f(worker, n0, n1) */) {
+  const int64_t n_chunks = (N + chunk - 1) / chunk;
+  std::atomic<int64_t> next{0};
+  if (T == 1) {  // no parallel region at all (small problems, or one thread)
+    for (int64_t c = 0; c < n_chunks; ++c) f(0, c * chunk, std::min(N, (c + 1) * chunk));
+    return;
+  }
+  at::parallel_for(0, T, 1, [&](int64_t t0, int64_t t1) {
+    for (int64_t t = t0; t < t1; ++t) {
+      for (int64_t c = next.fetch_add(1); c < n_chunks; c = next.fetch_add(1)) {
+        f(t, c * chunk, std::min(N, (c + 1) * chunk));
+      }
+    }
+  });
 }
 
 std::vector<at::Tensor> topk_cpu(const at::Tensor& q, const at::Tensor& docs, const c10::optional<at::Tensor>& scales,
@@ -520,88 +541,90 @@ std::vector<at::Tensor> topk_cpu(const at::Tensor& q, const at::Tensor& docs, co
   auto out_s = at::empty({B, k}, q.options());
   auto out_i = at::empty({B, k}, q.options().dtype(at::kLong));
   std::atomic<bool> nan_seen{false};
+  const bool avx = has_avx512();
+  const bool use_amx = kernel == AMX;
+  TORCH_CHECK(!use_amx || amx_usable(), "AMX-BF16 is not available on this CPU/OS");
+  // one worker per torch thread, but a single one for small problems (a parallel region costs more than it
+  // saves below ~1M multiply-adds, and much more when other processes hold the cores)
+  const int64_t work = N * d * std::max<int64_t>(B, 1);
+  const int64_t T = work < (int64_t(1) << 21) ? 1 : std::max<int64_t>(1, std::min<int64_t>(at::get_num_threads(), (N + 255) / 256));
+  std::vector<std::vector<TopK>> states(T, std::vector<TopK>(B));
+  for (auto& ts : states)
+    for (auto& st : ts) st.init(k);
 
   if (kernel == GEMM) {
-    std::vector<std::vector<TopK>> states(1, std::vector<TopK>(B));
-    for (auto& st : states[0]) st.init(k);
-    block = std::max<int64_t>(block, 16);
-    auto scores = at::empty({B, std::min(block, N)}, q.options());
-    at::Tensor conv;
-    if (docs.scalar_type() != at::kFloat) conv = at::empty({std::min(block, N), d}, q.options());
-    const bool avx = has_avx512();
-    for (int64_t n0 = 0; n0 < N; n0 += block) {
-      const int64_t nb = std::min(block, N - n0);
+    // per worker: an sgemm (single-threaded inside the parallel region) on `block` doc rows into a private
+    // (B, block) buffer sized for L2, then each query's row is filtered against its running k-th best
+    if (block <= 0) block = std::max<int64_t>(256, std::min<int64_t>(8192, (262144 / std::max<int64_t>(B, 1))));
+    block = std::max<int64_t>(16, std::min(block, N));
+    const bool convert = docs.scalar_type() != at::kFloat;
+    std::vector<at::Tensor> sbuf(T), cbuf(T);
+    for (int64_t t = 0; t < T; ++t) {
+      sbuf[t] = at::empty({B, block}, q.options());
+      if (convert) cbuf[t] = at::empty({block, d}, q.options());
+    }
+    run_chunks(N, block, T, [&](int64_t t, int64_t n0, int64_t n1) {
+      const int64_t nb = n1 - n0;
       at::Tensor blk = docs.narrow(0, n0, nb);
-      if (docs.scalar_type() != at::kFloat) {
-        at::Tensor c = conv.narrow(0, 0, nb);
+      if (convert) {
+        at::Tensor c = cbuf[t].narrow(0, 0, nb);
         c.copy_(blk);
         blk = c;
       }
-      at::Tensor sc = scores.narrow(1, 0, nb);
+      at::Tensor sc = nb == block ? sbuf[t] : sbuf[t].narrow(1, 0, nb);
       at::mm_out(sc, q, blk.t());  // (B, nb)
       const float* sp = sc.data_ptr<float>();
       const int64_t lds = sc.stride(0);
-      at::parallel_for(0, B, 1, [&](int64_t b0, int64_t b1) {
-        bool local_nan = false;
-        for (int64_t b = b0; b < b1; ++b) {
-          TopK& st = states[0][b];
-          const float* row = sp + b * lds;
-          if (avx) {
-            if (gemm_filter_row_avx512(row, nb, n0, S, st)) local_nan = true;
-          } else {
-            for (int64_t j = 0; j < nb; ++j) {
-              float v = S ? row[j] * S[n0 + j] : row[j];
-              if (v > st.thr)
-                st.push(v, n0 + j);
-              else if (v != v)
-                local_nan = true;
-            }
+      bool local_nan = false;
+      for (int64_t b = 0; b < B; ++b) {
+        TopK& st = states[t][b];
+        const float* row = sp + b * lds;
+        if (avx) {
+          if (gemm_filter_row_avx512(row, nb, n0, S, st)) local_nan = true;
+        } else {
+          for (int64_t j = 0; j < nb; ++j) {
+            const float v = S ? row[j] * S[n0 + j] : row[j];
+            if (st.admits(v, n0 + j))
+              st.push(v, n0 + j);
+            else if (v != v)
+              local_nan = true;
           }
         }
-        if (local_nan) nan_seen = true;
-      });
-    }
-    merge_states(states, B, k, out_s.data_ptr<float>(), out_i.data_ptr<int64_t>());
+      }
+      if (local_nan) nan_seen = true;
+    });
   } else {
-    TORCH_CHECK(has_avx512() || kernel == STREAM, "the amx kernel needs AVX-512 and AMX");
-    const bool use_amx = kernel == AMX;
-    TORCH_CHECK(!use_amx || amx_usable(), "AMX-BF16 is not available on this CPU/OS");
-    const int64_t T = num_chunks(N, use_amx ? 256 : 64);
-    std::vector<std::vector<TopK>> states(T, std::vector<TopK>(B));
-    for (auto& ts : states)
-      for (auto& st : ts) st.init(k);
     const int64_t G = (B + 15) / 16, KC = (d + 31) / 32;
     std::vector<uint16_t> P;
     if (use_amx) P = pack_queries(Qm, B, d, G, KC);
-    const bool avx = has_avx512();
-    at::parallel_for(0, T, 1, [&](int64_t t0, int64_t t1) {
-      for (int64_t t = t0; t < t1; ++t) {
-        const int64_t n0 = N * t / T, n1 = N * (t + 1) / T;
-        bool local_nan = false;
-        TopK* st = states[t].data();
-        dispatch_storage(docs, [&](auto* D) {
-          using T_ = std::remove_const_t<std::remove_pointer_t<decltype(D)>>;
-          if (use_amx) {
-            std::vector<float> thr(G * 16, kPosInf);
-            for (int64_t b = 0; b < B; ++b) thr[b] = kNegInf;
-            const int64_t n_amx = n0 + (n1 - n0) / 32 * 32;
-            amx_range<T_>(D, ldd, d, n0, n_amx, P.data(), B, G, KC, S, st, thr.data(), local_nan);
-            if (n_amx < n1) stream_range<T_>(D, ldd, d, n_amx, n1, Qm, B, S, st, local_nan);
-          } else if (avx) {
-            stream_range<T_>(D, ldd, d, n0, n1, Qm, B, S, st, local_nan);
-          } else {
-            stream_range_scalar<T_>(D, ldd, d, n0, n1, Qm, B, S, st, local_nan);
-          }
-        });
-        if (local_nan) nan_seen = true;
+    std::vector<std::vector<float>> thr(T);
+    if (use_amx)
+      for (auto& tv : thr) {
+        tv.assign(G * 16, kPosInf);
+        for (int64_t b = 0; b < B; ++b) tv[b] = kNegInf;
       }
+    if (block <= 0) block = 8192;
+    block = std::max<int64_t>(64, block / 32 * 32);
+    run_chunks(N, block, T, [&](int64_t t, int64_t n0, int64_t n1) {
+      bool local_nan = false;
+      TopK* st = states[t].data();
+      dispatch_storage(docs, [&](auto* D) {
+        using T_ = std::remove_const_t<std::remove_pointer_t<decltype(D)>>;
+        if (use_amx) {
+          const int64_t n_amx = n0 + (n1 - n0) / 32 * 32;
+          amx_range<T_>(D, ldd, d, n0, n_amx, P.data(), B, G, KC, S, st, thr[t].data(), local_nan);
+          if (n_amx < n1) stream_range<T_>(D, ldd, d, n_amx, n1, Qm, B, S, st, local_nan);
+        } else if (avx) {
+          stream_range<T_>(D, ldd, d, n0, n1, Qm, B, S, st, local_nan);
+        } else {
+          stream_range_scalar<T_>(D, ldd, d, n0, n1, Qm, B, S, st, local_nan);
+        }
+      });
+      if (local_nan) nan_seen = true;
     });
-    merge_states(states, B, k, out_s.data_ptr<float>(), out_i.data_ptr<int64_t>());
   }
-  if (nan_seen.load()) {
-    return {out_s, out_i, at::ones({1}, q.options().dtype(at::kBool))};
-  }
-  return {out_s, out_i, at::zeros({1}, q.options().dtype(at::kBool))};
+  merge_states(states, B, k, out_s.data_ptr<float>(), out_i.data_ptr<int64_t>());
+  return {out_s, out_i, at::full({1}, nan_seen.load(), q.options().dtype(at::kBool))};
 }
 
 // Exact fp32 rescoring of candidate rows: scores[b, j] = q[b] . docs[cand[b, j]] (* scales), then the k
@@ -622,7 +645,7 @@ std::vector<at::Tensor> rerank_cpu(const at::Tensor& q, const at::Tensor& docs, 
   float* os = out_s.data_ptr<float>();
   int64_t* oi = out_i.data_ptr<int64_t>();
   const bool avx = has_avx512();
-  at::parallel_for(0, B, 1, [&](int64_t b0, int64_t b1) {
+  at::parallel_for(0, B, 16, [&](int64_t b0, int64_t b1) {
     std::vector<Cand> all(K);
     float out[1];
     for (int64_t b = b0; b < b1; ++b) {
