@@ -46,6 +46,7 @@ class RetrieverConfig:
     normalize: bool = _f(True, "L2-normalise embeddings (cosine scores)")
     max_length: int = _f(128, "max tokens per query or passage for the encoder")
     train_docs: bool = _f(True, "train the doc tower too; False is query-side-only mode (no refresh needed)")
+    frozen: bool = _f(False, "freeze the whole retriever: RAG with a fixed retriever, only the reader trains")
     lr: float = _f(2e-5, "learning rate of the retriever parameter group")
     temperature: float = _f(0.05, "retrieval temperature tau used to turn scores into softmax(s/tau)")
 

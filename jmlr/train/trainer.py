@@ -190,8 +190,11 @@ class JointTrainer:
         self.device = acc.device
         self.is_main = acc.is_main_process
 
-        if not cfg.retriever.train_docs:
+        if not cfg.retriever.train_docs or cfg.retriever.frozen:
             self.retriever.freeze_doc_tower()
+        if cfg.retriever.frozen:
+            for p in self.retriever.parameters():
+                p.requires_grad_(False)
         model = JointModel(self.retriever, self.reader)
         groups = [
             {"params": [p for p in self.retriever.parameters() if p.requires_grad], "lr": cfg.retriever.lr,
@@ -314,9 +317,10 @@ class JointTrainer:
         if cfg.index.sample_m and cfg.index.sample_m < K:
             cand = self._sample_candidates(q, cand)
         cand_texts = [[self.doc_texts[j] for j in row] for row in cand.tolist()]
-        cand_emb = None if cfg.retriever.train_docs else self.retrieval.embeddings(cand)  # (B, K, d)
+        train_docs = cfg.retriever.train_docs and not cfg.retriever.frozen
+        cand_emb = None if train_docs else self.retrieval.embeddings(cand)  # (B, K, d)
         # 4. scores with gradient + reader log-likelihoods, in one (DDP-wrapped) forward
-        out = self.model(questions, batch, cand_texts, cand_emb, cfg.retriever.train_docs, self.extras)
+        out = self.model(questions, batch, cand_texts, cand_emb, train_docs, self.extras)
         scores = out["scores"].float() / cfg.retriever.temperature  # (B, K)
         extra = {k: v for k, v in out.items() if k not in ("scores", "loglik")}
         if self._loss_takes_generator:  # step-seeded sampling inside the loss: resumable and reproducible
