@@ -1,1 +1,46 @@
+"""Corpus indexes behind one protocol, and the asynchronous refresher.
 
+* :class:`ExactIndex` -- brute force through ``jmlr.kernels.topk.topk`` (CPU/GPU, fp32/fp16 storage).
+* :class:`FaissIndex` -- Flat, IVF-Flat, IVF-PQ, HNSW, SQ int8/fp16; GPU when faiss has GPUs.
+* :class:`ShardedIndex` -- one shard per ``torch.distributed`` rank, merged top-k.
+* :class:`EmbeddingStore` -- memory-mapped doc embeddings, resumable chunked encoding.
+* :class:`AsyncRefresher` -- background re-encoding with a doc-tower snapshot, atomic swap, staleness.
+* :func:`load_index` -- load any saved kind, refusing a mismatched encoder or corpus unless forced.
+
+Names are imported lazily (``import jmlr.index`` does not import torch or faiss).
+"""
+from __future__ import annotations
+
+import importlib
+
+_LAZY = {
+    "Index": "jmlr.index.base",
+    "BaseIndex": "jmlr.index.base",
+    "IndexMismatchError": "jmlr.index.base",
+    "load_index": "jmlr.index.base",
+    "read_meta": "jmlr.index.base",
+    "corpus_parts": "jmlr.index.base",
+    "ExactIndex": "jmlr.index.exact",
+    "FaissIndex": "jmlr.index.faiss_index",
+    "ShardedIndex": "jmlr.index.sharded",
+    "shard_range": "jmlr.index.sharded",
+    "EmbeddingStore": "jmlr.index.store",
+    "make_index": "jmlr.index.build",
+    "build_index": "jmlr.index.build",
+    "INDEX_TYPES": "jmlr.index.build",
+    "AsyncRefresher": "jmlr.index.refresh",
+    "RefreshError": "jmlr.index.refresh",
+    "RefreshRecord": "jmlr.index.refresh",
+    "parse_policy": "jmlr.index.refresh",
+    "probe_agreement": "jmlr.index.refresh",
+    "RerankSearcher": "jmlr.index.rerank",
+    "rescore": "jmlr.index.rerank",
+}
+
+__all__ = sorted(_LAZY)
+
+
+def __getattr__(name: str):
+    if name in _LAZY:
+        return getattr(importlib.import_module(_LAZY[name]), name)
+    raise AttributeError(f"module 'jmlr.index' has no attribute {name!r}")

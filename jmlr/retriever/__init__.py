@@ -1,1 +1,25 @@
+"""Retrievers: the :class:`DualEncoder` (query and doc towers), its contrastive trainer, and BM25.
 
+Names are imported lazily (``import jmlr.retriever`` does not import torch).
+"""
+from __future__ import annotations
+
+import importlib
+
+_LAZY = {
+    "DualEncoder": "jmlr.retriever.dual_encoder",
+    "ContrastiveTrainer": "jmlr.retriever.contrastive",
+    "ContrastiveConfig": "jmlr.retriever.contrastive",
+    "ContrastiveExample": "jmlr.retriever.contrastive",
+    "info_nce": "jmlr.retriever.contrastive",
+    "mine_hard_negatives": "jmlr.retriever.contrastive",
+    "BM25Index": "jmlr.retriever.bm25",
+}
+
+__all__ = sorted(_LAZY)
+
+
+def __getattr__(name: str):
+    if name in _LAZY:
+        return getattr(importlib.import_module(_LAZY[name]), name)
+    raise AttributeError(f"module 'jmlr.retriever' has no attribute {name!r}")

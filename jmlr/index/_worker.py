@@ -1,0 +1,34 @@
+"""The refresh worker process: re-encodes a pre-tokenized corpus with a doc tower held in shared memory.
+
+Started once per :class:`~jmlr.index.refresh.AsyncRefresher` (``worker="process"``) with the spawn method.
+The parent copies fresh weights into the shared tensors between jobs (never during one), sends a job id,
+and reads the embeddings from a shared ``(n, d)`` buffer when the worker answers.
+"""
+from __future__ import annotations
+
+import time
+import traceback
+
+
+def process_main(cmd_q, res_q, model, token_lists, out, settings: dict) -> None:
+    """Worker loop: ``cmd_q`` gets job ids (``None`` stops); ``res_q`` gets ("ok"|"error", job, payload)."""
+    import torch
+
+    from jmlr.retriever.dual_encoder import encode_token_lists
+
+    torch.set_num_threads(int(settings["threads"]))
+    model.eval()
+    amp = settings.get("autocast_dtype")
+    res_q.put(("ready", None, time.perf_counter()))
+    while True:
+        job = cmd_q.get()
+        if job is None:
+            return
+        try:
+            t0 = time.perf_counter()
+            with torch.autocast("cpu", dtype=getattr(torch, amp or "bfloat16"), enabled=amp is not None):
+                encode_token_lists(model, token_lists, pad_id=settings["pad_id"], pooling=settings["pooling"],
+                                   normalize=settings["normalize"], batch_size=settings["batch_size"], out=out)
+            res_q.put(("ok", job, time.perf_counter() - t0))
+        except BaseException:  # noqa: BLE001 - everything goes back to the training process
+            res_q.put(("error", job, traceback.format_exc()))

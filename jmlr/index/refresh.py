@@ -1,0 +1,615 @@
+"""AsyncRefresher: keep a corpus index in step with a doc encoder that trains, without stopping the loop.
+
+A refresh snapshots the doc-tower weights (one memcpy, between steps), re-encodes the corpus in a
+background worker (a thread, or a persistent process), builds a new index next to the one being served
+(double buffering), and the training thread swaps it in at its next :meth:`AsyncRefresher.maybe_refresh`
+call; the version increments. The loop only waits for the snapshot copy and the swap.
+
+Policies (``policy=``): ``"every:500"`` (or ``500``), a schedule ``"0-1000:500,1000-:1000"`` (interval
+per step range), a staleness trigger ``"recall<0.9@50"`` / ``"cosine<0.98@50"`` (measured on the probe
+set every 50 steps), combinations with ``|``, or ``"never"``.
+
+Staleness is measured on a probe set of a few hundred corpus passages: the cosine between their embeddings
+in the served index (stale) and under the current doc tower (fresh), and Recall@k of the top-k under the
+stale embeddings against the top-k under the fresh ones, within the probe set.
+
+>>> refresher = AsyncRefresher(dual, corpus, policy="every:200", index_type="exact")     # doctest: +SKIP
+>>> for step in range(steps):
+...     refresher.maybe_refresh(step)              # swaps a finished index in, or starts a refresh
+...     scores, ids = refresher.index.search(dual.embed_queries(qs).detach(), K)
+...     ...                                          # train
+>>> refresher.stats()["stall_s_total"]
+"""
+from __future__ import annotations
+
+import dataclasses
+import logging
+import re
+import threading
+import time
+import traceback
+import weakref
+from dataclasses import dataclass, field
+from typing import Any, Callable, Sequence
+
+import numpy as np
+
+from .base import corpus_parts
+
+logger = logging.getLogger(__name__)
+
+
+class RefreshError(RuntimeError):
+    """A background refresh failed; raised in the training thread at its next refresher call."""
+
+
+# ============================================================================ policies
+
+class RefreshPolicy:
+    """Decides, between steps, whether a refresh is due. ``due`` returns a reason string or None."""
+
+    def due(self, step: int, refresher: "AsyncRefresher") -> str | None:  # pragma: no cover - abstract
+        raise NotImplementedError
+
+
+@dataclass
+class Never(RefreshPolicy):
+    """Never refresh (e.g. query-side-only training)."""
+
+    def due(self, step, refresher):
+        return None
+
+
+@dataclass
+class EveryN(RefreshPolicy):
+    """Refresh when ``n`` steps have passed since the last refresh started."""
+
+    n: int
+
+    def __post_init__(self):
+        if self.n < 1:
+            raise ValueError(f"refresh interval must be >= 1 step, got {self.n}")
+
+    def due(self, step, refresher):
+        return f"every {self.n}" if step - refresher.last_trigger_step >= self.n else None
+
+
+@dataclass
+class Schedule(RefreshPolicy):
+    """Interval per step range: ``[(start, end or None, interval), ...]``; steps outside all ranges never refresh."""
+
+    ranges: list[tuple[int, int | None, int]]
+
+    def interval(self, step: int) -> int | None:
+        for a, b, r in self.ranges:
+            if step >= a and (b is None or step < b):
+                return r
+        return None
+
+    def due(self, step, refresher):
+        r = self.interval(step)
+        return f"schedule {r}" if r is not None and step - refresher.last_trigger_step >= r else None
+
+
+@dataclass
+class StalenessTrigger(RefreshPolicy):
+    """Measure staleness every ``check_every`` steps; refresh when recall or cosine falls below a floor."""
+
+    min_recall: float | None = None
+    min_cosine: float | None = None
+    check_every: int = 50
+    _last_check: int = field(default=-(10 ** 12), repr=False)
+
+    def due(self, step, refresher):
+        if step - self._last_check < self.check_every:
+            return None
+        self._last_check = step
+        st = refresher.staleness()
+        if self.min_recall is not None and st["recall"] < self.min_recall:
+            return f"recall@{st['k']} {st['recall']:.3f} < {self.min_recall}"
+        if self.min_cosine is not None and st["cosine"] < self.min_cosine:
+            return f"cosine {st['cosine']:.4f} < {self.min_cosine}"
+        return None
+
+
+@dataclass
+class AnyOf(RefreshPolicy):
+    """Due when any of the policies is due."""
+
+    policies: list[RefreshPolicy]
+
+    def due(self, step, refresher):
+        for p in self.policies:
+            r = p.due(step, refresher)
+            if r:
+                return r
+        return None
+
+
+_GRAMMAR = ("expected 'never', an interval ('500' or 'every:500'), a schedule ('0-1000:500,1000-:1000'), "
+            "a staleness trigger ('recall<0.9@50', 'cosine<0.98@20'), or several joined by '|'")
+
+
+def parse_policy(spec) -> RefreshPolicy:
+    """Build a :class:`RefreshPolicy` from a spec string, an int (every N), None (never) or a policy."""
+    if isinstance(spec, RefreshPolicy):
+        return spec
+    if spec is None or spec is False:
+        return Never()
+    if isinstance(spec, int):
+        return EveryN(spec) if spec > 0 else Never()
+    if not isinstance(spec, str):
+        raise ValueError(f"refresh policy {spec!r}: {_GRAMMAR}")
+    s = spec.replace(" ", "").lower()
+    if "|" in s:
+        return AnyOf([parse_policy(p) for p in s.split("|")])
+    if s in ("never", "none", "off", "0", ""):
+        return Never()
+    m = re.fullmatch(r"(?:every:)?(\d+)", s)
+    if m:
+        return EveryN(int(m.group(1)))
+    m = re.fullmatch(r"(recall|cosine)<([0-9.]+)(?:@(\d+))?", s)
+    if m:
+        floor, every = float(m.group(2)), int(m.group(3) or 50)
+        return (StalenessTrigger(min_recall=floor, check_every=every) if m.group(1) == "recall"
+                else StalenessTrigger(min_cosine=floor, check_every=every))
+    if ":" in s and "-" in s:
+        ranges = []
+        for part in s.split(","):
+            m = re.fullmatch(r"(\d+)-(\d*):(\d+)", part)
+            if not m:
+                raise ValueError(f"refresh schedule {spec!r}: part {part!r} is not START-END:INTERVAL "
+                                 "(END may be empty for 'until the end')")
+            a, b, r = int(m.group(1)), int(m.group(2)) if m.group(2) else None, int(m.group(3))
+            if r < 1 or (b is not None and b <= a):
+                raise ValueError(f"refresh schedule {spec!r}: part {part!r} needs END > START and INTERVAL >= 1")
+            ranges.append((a, b, r))
+        return Schedule(ranges)
+    raise ValueError(f"refresh policy {spec!r}: {_GRAMMAR}")
+
+
+# ============================================================================ records
+
+@dataclass
+class RefreshRecord:
+    """One refresh: what triggered it, how long each phase took, and how long the loop waited."""
+
+    version: int
+    reason: str
+    mode: str  # "async" | "sync"
+    trigger_step: int | None
+    swap_step: int | None = None
+    snapshot_s: float = 0.0  # copying the doc-tower weights (loop waits)
+    encode_s: float = 0.0  # re-encoding the corpus (background for async)
+    build_s: float = 0.0  # building the new index (background for async)
+    ready_s: float = 0.0  # trigger -> new index ready
+    wait_s: float = 0.0  # loop blocked in wait() / refresh_now() for an in-flight refresh
+    swap_s: float = 0.0  # swapping the new index in (loop waits)
+    stall_s: float = 0.0  # total time the loop waited for this refresh
+    probe_cosine: float | None = None  # old vs new probe embeddings at the swap
+    probe_recall: float | None = None  # old vs new probe top-k at the swap
+    _t_trigger: float = field(default=0.0, repr=False)
+
+
+def probe_agreement(stale, fresh, k: int, queries=None) -> tuple[float, float]:
+    """Mean row cosine between ``stale (P, d)`` and ``fresh (P, d)``, and Recall@k of the stale top-k against
+    the fresh top-k within the probe set, for ``queries (Q, d)`` (default: the fresh rows)."""
+    import torch
+
+    stale = torch.as_tensor(np.asarray(stale), dtype=torch.float32)
+    fresh = torch.as_tensor(np.asarray(fresh), dtype=torch.float32)
+    cos = torch.nn.functional.cosine_similarity(stale, fresh, dim=1).mean().item()
+    q = fresh if queries is None else torch.as_tensor(np.asarray(queries), dtype=torch.float32)
+    kk = min(k, fresh.shape[0])
+    top_stale = (q @ stale.T).topk(kk, dim=1).indices  # (Q, kk)
+    top_fresh = (q @ fresh.T).topk(kk, dim=1).indices  # (Q, kk)
+    hits = (top_stale.unsqueeze(2) == top_fresh.unsqueeze(1)).any(2).float().sum(1)  # (Q,)
+    return float(cos), float((hits / kk).mean().item())
+
+
+# ============================================================================ the refresher
+
+class AsyncRefresher:
+    """Versioned, double-buffered corpus index that follows a training doc tower.
+
+    Args:
+        dual: the :class:`~jmlr.retriever.DualEncoder` being trained (its doc tower is snapshotted).
+        corpus: a ``jmlr.data.Corpus`` or an ``(ids, texts)`` pair.
+        policy: when to refresh (see the module doc); ``"never"`` for a fixed index.
+        index_type: ``exact`` or a faiss type (``flat``, ``ivf``, ``hnsw``, ...); ``index_kwargs`` go to it.
+            ``index_factory(dim) -> index`` replaces both.
+        worker: ``"thread"`` (a background thread in this process) or ``"process"`` (a persistent spawned
+            process; weights and embeddings travel through shared memory).
+        worker_threads: intra-op threads of the worker (default: half of ``torch.get_num_threads()``).
+            With OpenMP builds of torch this is per thread, so the training thread keeps its own count.
+        batch_size, autocast_dtype: encoding batch size and CPU autocast dtype (e.g. ``"bfloat16"``).
+        probe_size, probe_k, probe_queries: the staleness probe (passages, k, optional query texts).
+        index: an already built index for the current weights (else one is built now, synchronously).
+    """
+
+    def __init__(self, dual, corpus, *, policy="every:1000", index_type: str = "exact",
+                 index_kwargs: dict[str, Any] | None = None, index_factory: Callable[[int], Any] | None = None,
+                 worker: str = "thread", worker_threads: int | None = None, batch_size: int = 64,
+                 autocast_dtype: str | None = None, probe_size: int = 256, probe_k: int = 10,
+                 probe_queries: Sequence[str] | None = None, seed: int = 0, index=None, progress: bool = False):
+        import torch
+
+        if worker not in ("thread", "process"):
+            raise ValueError(f"worker must be 'thread' or 'process', got {worker!r}")
+        if autocast_dtype not in (None, "bfloat16", "float16"):
+            raise ValueError(f"autocast_dtype must be None, 'bfloat16' or 'float16', got {autocast_dtype!r}")
+        self.dual = dual
+        self.ids, self.texts, self.corpus_fingerprint = corpus_parts(corpus)
+        if not self.ids:
+            raise ValueError("the corpus is empty")
+        self.policy = parse_policy(policy)
+        self.index_type = index_type
+        self.index_kwargs = dict(index_kwargs or {})
+        self.index_factory = index_factory
+        self.worker = worker
+        self.worker_threads = int(worker_threads or max(1, torch.get_num_threads() // 2))
+        self.batch_size = int(batch_size)
+        self.autocast_dtype = autocast_dtype
+        self.probe_k = int(probe_k)
+        self.progress = progress
+        self.last_trigger_step = 0
+
+        rng = np.random.default_rng(seed)
+        n = len(self.ids)
+        self.probe_rows = np.sort(rng.choice(n, size=min(int(probe_size), n), replace=False))
+        self.probe_queries = list(probe_queries) if probe_queries is not None else None
+
+        self._tokens = dual.tokenize(self.texts, "doc")  # once: the corpus does not change
+        self._snap = dual.doc_snapshot()  # the worker's private copy of the doc tower
+        self._lock = threading.Lock()
+        self._job: threading.Thread | None = None
+        self._ready: tuple | None = None
+        self._error: tuple[BaseException, str, RefreshRecord] | None = None
+        self._records: list[RefreshRecord] = []
+        self._staleness_checks: list[float] = []
+        self._proc = None
+        self._finalizer = None
+        self._warned_frozen = False
+
+        t0 = time.perf_counter()
+        if index is None:
+            emb = self._encode_here()
+            index = self._build(emb, version=0, fingerprint=self._snapshot_fingerprint())
+            self._probe_emb = emb[self.probe_rows].clone()
+        else:
+            self._probe_emb = self._encode_probe_with(self._snap.doc_model)
+        self._index = index
+        self.initial_build_s = time.perf_counter() - t0
+        if worker == "process" and not self.dual.doc_frozen and not isinstance(self.policy, Never):
+            self._start_process()
+
+    # ------------------------------------------------------------------ public state
+    @property
+    def index(self):
+        """The index being served (swapped only inside :meth:`maybe_refresh`, :meth:`wait`, :meth:`refresh_now`)."""
+        return self._index
+
+    @property
+    def version(self) -> int:
+        return int(self._index.version)
+
+    @property
+    def in_flight(self) -> bool:
+        """True while a background refresh runs or waits to be swapped in."""
+        return self._job is not None
+
+    @property
+    def records(self) -> list[RefreshRecord]:
+        return list(self._records)
+
+    @property
+    def enabled(self) -> bool:
+        """False in query-side-only mode (frozen doc tower) or with policy 'never'."""
+        return not self.dual.doc_frozen and not isinstance(self.policy, Never)
+
+    # ------------------------------------------------------------------ the training-thread API
+    def maybe_refresh(self, step: int) -> bool:
+        """Call between steps. Raises a failed worker's error, swaps a finished index in, starts a refresh
+        when the policy says so. Returns True when a new index was swapped in."""
+        self._raise_error()
+        swapped = self._swap_if_ready(step)
+        if self._job is None:
+            if self.dual.doc_frozen:
+                if not self._warned_frozen:
+                    logger.info("doc tower frozen (query-side-only): the index never goes stale; no refresh")
+                    self._warned_frozen = True
+            else:
+                reason = self.policy.due(step, self)
+                if reason:
+                    self._trigger(step, reason)
+        return swapped
+
+    def refresh_now(self, blocking: bool = True, step: int | None = None) -> RefreshRecord | None:
+        """Refresh at once. ``blocking=True`` is the synchronous baseline: finish any in-flight refresh, then
+        snapshot, re-encode and rebuild in this thread and swap; the whole time counts as stall.
+        ``blocking=False`` starts a background refresh (no-op while one is in flight)."""
+        self._raise_error()
+        if not blocking:
+            if self._job is None:
+                self._trigger(self.last_trigger_step if step is None else step, "manual")
+            return None
+        t_all = time.perf_counter()
+        self.wait()
+        rec = RefreshRecord(version=self.version + 1, reason="manual" if step is None else "sync", mode="sync",
+                            trigger_step=step)
+        t0 = time.perf_counter()
+        self._copy_weights()
+        rec.snapshot_s = time.perf_counter() - t0
+        t0 = time.perf_counter()
+        emb = self._encode_here()
+        rec.encode_s = time.perf_counter() - t0
+        t0 = time.perf_counter()
+        index = self._build(emb, rec.version, self._snapshot_fingerprint())
+        rec.build_s = time.perf_counter() - t0
+        rec.ready_s = time.perf_counter() - t_all
+        if step is not None:
+            self.last_trigger_step = step
+        self._swap(index, rec, emb[self.probe_rows].clone(), step)
+        rec.stall_s = time.perf_counter() - t_all
+        return rec
+
+    def wait(self, timeout: float | None = None) -> bool:
+        """Block until the in-flight refresh is built, then swap it in. Returns True if one was swapped."""
+        job = self._job
+        if job is None:
+            return False
+        t0 = time.perf_counter()
+        job.join(timeout)
+        if job.is_alive():
+            return False
+        self._raise_error()
+        with self._lock:
+            if self._ready is not None:
+                self._ready[1].wait_s += time.perf_counter() - t0
+        return self._swap_if_ready(None)
+
+    def staleness(self, k: int | None = None) -> dict[str, Any]:
+        """Cosine and Recall@k between the served (stale) probe embeddings and the current doc tower's.
+
+        Costs one encode of the probe passages (and of ``probe_queries`` if given) with the live towers.
+        """
+        import torch
+
+        k = int(k or self.probe_k)
+        t0 = time.perf_counter()
+        fresh = self._encode_probe_with(self.dual.doc_model)
+        queries = None
+        if self.probe_queries:
+            queries = self.dual.encode_queries(self.probe_queries, batch_size=self.batch_size, progress=False)
+        with torch.no_grad():
+            cos, rec = probe_agreement(self._probe_emb, fresh, k, queries)
+        seconds = time.perf_counter() - t0
+        self._staleness_checks.append(seconds)
+        return {"cosine": cos, "recall": rec, "k": k, "n_probe": len(self.probe_rows), "version": self.version,
+                "seconds": seconds}
+
+    def stats(self) -> dict[str, Any]:
+        """Counts, durations and the loop's stall time per refresh."""
+        recs = self._records
+        stall = [r.stall_s for r in recs]
+        return {
+            "refreshes": len(recs),
+            "async_refreshes": sum(r.mode == "async" for r in recs),
+            "sync_refreshes": sum(r.mode == "sync" for r in recs),
+            "version": self.version,
+            "in_flight": self.in_flight,
+            "worker": self.worker,
+            "worker_threads": self.worker_threads,
+            "initial_build_s": self.initial_build_s,
+            "stall_s": stall,
+            "stall_s_total": float(sum(stall)),
+            "stall_s_mean": float(np.mean(stall)) if stall else 0.0,
+            "ready_s": [r.ready_s for r in recs],
+            "encode_s": [r.encode_s for r in recs],
+            "build_s": [r.build_s for r in recs],
+            "staleness_checks": len(self._staleness_checks),
+            "staleness_s_total": float(sum(self._staleness_checks)),
+            "records": [{k: v for k, v in dataclasses.asdict(r).items() if not k.startswith("_")} for r in recs],
+        }
+
+    def close(self) -> None:
+        """Finish any in-flight refresh (not swapped) and stop the worker process."""
+        job = self._job
+        if job is not None:
+            job.join()
+        if self._finalizer is not None:
+            self._finalizer()
+            self._finalizer = None
+        self._proc = None
+
+    def __enter__(self) -> "AsyncRefresher":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    # ------------------------------------------------------------------ internals: snapshot / encode / build
+    def _copy_weights(self) -> None:
+        """Copy the live doc tower into the worker's snapshot (between steps; the worker is idle)."""
+        import torch
+
+        dst = self._snap.doc_model.state_dict(keep_vars=True)
+        with torch.no_grad():
+            for name, src in self.dual.doc_model.state_dict(keep_vars=True).items():
+                dst[name].data.copy_(src.data)
+
+    def _snapshot_fingerprint(self) -> str:
+        from jmlr.retriever.dual_encoder import embedding_state, tensor_digest
+
+        d = self._snap
+        return tensor_digest(embedding_state(d.doc_model), {"pooling": d.pooling, "normalize": d.normalize,
+                                                        "max_length": d.max_length, "prefix": d.doc_prefix})
+
+    def _amp(self):
+        import torch
+
+        dt = getattr(torch, self.autocast_dtype) if self.autocast_dtype else torch.bfloat16
+        return torch.autocast("cpu", dtype=dt, enabled=self.autocast_dtype is not None)
+
+    def _encode_here(self):
+        """Encode the corpus with the snapshot in the calling thread."""
+        from jmlr.retriever.dual_encoder import encode_token_lists
+
+        d = self._snap
+        with self._amp():
+            return encode_token_lists(d.doc_model, self._tokens, pad_id=d.tokenizer.pad_token_id,
+                                      pooling=d.pooling, normalize=d.normalize, batch_size=self.batch_size,
+                                      progress=self.progress, desc="refresh: encode corpus")
+
+    def _encode_probe_with(self, model):
+        from jmlr.retriever.dual_encoder import encode_token_lists
+
+        d = self._snap
+        with self._amp():
+            return encode_token_lists(model, [self._tokens[i] for i in self.probe_rows],
+                                      pad_id=d.tokenizer.pad_token_id, pooling=d.pooling, normalize=d.normalize,
+                                      batch_size=self.batch_size)
+
+    def _build(self, emb, version: int, fingerprint: str):
+        from .build import make_index
+
+        if self.index_factory is not None:
+            index = self.index_factory(emb.shape[1])
+        else:
+            index = make_index(self.index_type, emb.shape[1], **self.index_kwargs)
+        index.add(self.ids, emb)
+        index.version = version
+        index.encoder_fingerprint = fingerprint
+        index.corpus_fingerprint = self.corpus_fingerprint
+        return index
+
+    # ------------------------------------------------------------------ internals: async machinery
+    def _trigger(self, step: int, reason: str) -> None:
+        if self.worker == "process" and self._proc is None:
+            self._start_process()
+        t0 = time.perf_counter()
+        self._copy_weights()
+        rec = RefreshRecord(version=self.version + 1, reason=reason, mode="async", trigger_step=step)
+        rec.snapshot_s = time.perf_counter() - t0
+        rec._t_trigger = t0
+        self.last_trigger_step = step
+        self._job = threading.Thread(target=self._run_job, args=(rec,), name=f"jmlr-refresh-v{rec.version}",
+                                     daemon=True)
+        self._job.start()
+        logger.info("refresh to version %d started at step %s (%s)", rec.version, step, reason)
+
+    def _run_job(self, rec: RefreshRecord) -> None:
+        import torch
+
+        try:
+            torch.set_num_threads(self.worker_threads)  # per thread with OpenMP torch
+            try:
+                import faiss
+
+                faiss.omp_set_num_threads(self.worker_threads)
+            except ImportError:  # pragma: no cover
+                pass
+            t0 = time.perf_counter()
+            emb = self._encode_here() if self.worker == "thread" else self._encode_in_process()
+            rec.encode_s = time.perf_counter() - t0
+            t0 = time.perf_counter()
+            index = self._build(emb, rec.version, self._snapshot_fingerprint())
+            probe = emb[self.probe_rows].clone()
+            rec.build_s = time.perf_counter() - t0
+            rec.ready_s = time.perf_counter() - rec._t_trigger
+            with self._lock:
+                self._ready = (index, rec, probe)
+        except BaseException as e:  # noqa: BLE001 - re-raised in the training thread
+            with self._lock:
+                self._error = (e, traceback.format_exc(), rec)
+
+    def _raise_error(self) -> None:
+        with self._lock:
+            err, self._error = self._error, None
+        if err is None:
+            return
+        exc, tb, rec = err
+        if self._job is not None:
+            self._job.join()
+            self._job = None
+        raise RefreshError(f"background refresh to version {rec.version} (started at step {rec.trigger_step}) "
+                           f"failed: {type(exc).__name__}: {exc}\n--- worker traceback ---\n{tb}") from exc
+
+    def _swap_if_ready(self, step: int | None) -> bool:
+        with self._lock:
+            ready, self._ready = self._ready, None
+        if ready is None:
+            return False
+        index, rec, probe = ready
+        self._job.join()
+        self._job = None
+        self._swap(index, rec, probe, step)
+        rec.stall_s = rec.snapshot_s + rec.wait_s + rec.swap_s
+        return True
+
+    def _swap(self, index, rec: RefreshRecord, probe, step: int | None) -> None:
+        t0 = time.perf_counter()
+        old_probe = self._probe_emb
+        self._index = index  # the swap: one reference assignment, in the training thread
+        self._probe_emb = probe
+        rec.swap_step = step
+        rec.swap_s = time.perf_counter() - t0
+        rec.probe_cosine, rec.probe_recall = probe_agreement(old_probe, probe, self.probe_k)
+        self._records.append(rec)
+        logger.info("swapped in index version %d at step %s (ready after %.2fs, stall %.4fs)", rec.version,
+                    step, rec.ready_s, rec.snapshot_s + rec.wait_s + rec.swap_s)
+
+    # ------------------------------------------------------------------ process worker
+    def _start_process(self) -> None:
+        import torch
+        import torch.multiprocessing as mp
+
+        from ._worker import process_main
+
+        ctx = mp.get_context("spawn")
+        self._snap.doc_model.share_memory()
+        self._out = torch.zeros((len(self.ids), self._snap.dim), dtype=torch.float32).share_memory_()
+        self._cmd_q, self._res_q = ctx.Queue(), ctx.Queue()
+        d = self._snap
+        settings = {"threads": self.worker_threads, "pad_id": d.tokenizer.pad_token_id, "pooling": d.pooling,
+                    "normalize": d.normalize, "batch_size": self.batch_size, "autocast_dtype": self.autocast_dtype}
+        self._proc = ctx.Process(target=process_main, name="jmlr-refresh-worker", daemon=True,
+                                 args=(self._cmd_q, self._res_q, d.doc_model, self._tokens, self._out, settings))
+        self._proc.start()
+        self._job_counter = 0
+        self._finalizer = weakref.finalize(self, _stop_process, self._proc, self._cmd_q)
+
+    def _encode_in_process(self):
+        import queue
+
+        if self._proc is None:
+            raise RefreshError("the refresh worker process is not running (closed?)")
+        self._job_counter += 1
+        job = self._job_counter
+        self._cmd_q.put(job)
+        while True:
+            try:
+                kind, got, payload = self._res_q.get(timeout=0.5)
+            except queue.Empty:
+                if not self._proc.is_alive():
+                    raise RefreshError(f"the refresh worker process died (exit code {self._proc.exitcode})") from None
+                continue
+            if kind == "ready":
+                continue
+            if got != job:
+                continue  # a stale answer
+            if kind == "error":
+                raise RefreshError(f"the refresh worker process failed:\n{payload}")
+            return self._out.clone()  # (N, d): the buffer is reused by the next job
+
+
+def _stop_process(proc, cmd_q) -> None:
+    try:
+        if proc.is_alive():
+            cmd_q.put(None)
+            proc.join(5)
+        if proc.is_alive():
+            proc.terminate()
+            proc.join(5)
+    except (OSError, ValueError, AssertionError):  # interpreter shutdown
+        pass
