@@ -104,3 +104,12 @@ def test_load_preferences(tmp_path):
         load_preferences(f)
     with pytest.raises(ValueError, match="data.pairs"):
         run_dpo(DPOConfig(output_dir=str(tmp_path / "x")), reader=None)
+
+
+def test_dpo_with_lora_starts_at_log2(reader, tmp_path):
+    reader.add_lora({"r": 4, "lora_alpha": 8, "target_modules": ["q_proj", "v_proj"]})
+    cfg = _cfg(tmp_path, "dpo_lora", beta=0.5)
+    cfg.optim.steps = 3
+    s = run_dpo(cfg, reader=reader, pairs=PAIRS, progress=False)
+    assert abs(s["first_loss"] - math.log(2)) < 1e-5 and s["n_trainable"] < s["n_params"] / 10
+    assert s["final_loss"] < s["first_loss"]

@@ -166,3 +166,18 @@ def test_epoch_limit_and_bf16(reader, mcqs, tmp_path):
     s = _run(reader, pairs, tmp_path, "ep", steps=50, batch_size=2, epochs=1.0, bf16=True)
     assert s["steps"] == 2 and s["stopped_by"] == "epochs"
     assert all(l == l for l in s["losses"])  # finite under bf16 autocast
+
+
+def test_lora_sft_trains_adapters_only_and_saves_them(reader, mcqs, tmp_path):
+    from jmlr.reader import Reader
+
+    reader.add_lora({"r": 4, "lora_alpha": 8, "target_modules": ["q_proj", "v_proj"]})
+    base_before = {n: p.detach().clone() for n, p in reader.model.named_parameters() if "lora_" not in n}
+    s = _run(reader, sft_examples_from_qa(mcqs[:2], reader), tmp_path, "lora", steps=3, lr=1e-2)
+    assert 0 < s["n_trainable"] < s["n_params"] / 10
+    for n, p in reader.model.named_parameters():
+        if "lora_" not in n:
+            assert torch.equal(p, base_before[n])  # frozen base weights
+    assert (tmp_path / "lora" / "model" / "adapter_config.json").is_file()
+    back = Reader.from_pretrained(s["model_dir"])
+    assert back.is_peft

@@ -51,6 +51,7 @@ class StageModelConfig:
     lora_alpha: int = _f(16, "LoRA alpha")
     gradient_checkpointing: bool = _f(False, "recompute activations in backward to save memory")
     trust_remote_code: bool = _f(False, "allow custom model code from the model folder (off by default)")
+    device: str = _f("auto", "where to run: auto (cuda when available, else cpu), cpu, cuda, cuda:1, ...")
 
 
 @dataclass
@@ -94,10 +95,15 @@ def load_reader(cfg: StageModelConfig, **reader_kwargs):
     """A :class:`jmlr.reader.Reader` from a :class:`StageModelConfig` (LoRA and checkpointing applied)."""
     from jmlr.reader import Reader
 
+    import torch
+
     lora = {"r": cfg.lora_r, "lora_alpha": cfg.lora_alpha} if cfg.lora else None
+    device = cfg.device
+    if device == "auto":
+        device = "cuda" if torch.cuda.is_available() else "cpu"
     return Reader.from_pretrained(cfg.model, template=cfg.template, max_length=cfg.max_length, lora=lora,
                                   gradient_checkpointing=cfg.gradient_checkpointing,
-                                  trust_remote_code=cfg.trust_remote_code, **reader_kwargs)
+                                  trust_remote_code=cfg.trust_remote_code, device=device, **reader_kwargs)
 
 
 def resolve_qa(src: str, fmt: str, split: str = "train") -> list:

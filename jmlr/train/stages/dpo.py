@@ -242,12 +242,12 @@ def run_dpo(cfg: DPOConfig, reader=None, pairs: Sequence[PreferencePair] | None 
     # the frozen reference: log-probs computed once, before the policy moves
     if cfg.ref_model:
         ref_reader = load_reader(StageModelConfig(model=cfg.ref_model, template=reader.template,
-                                                  max_length=reader.max_length,
+                                                  max_length=reader.max_length, device=str(reader.device),
                                                   trust_remote_code=cfg.model.trust_remote_code))
         if len(ref_reader.tokenizer) != len(reader.tokenizer):
             raise ValueError(f"ref_model {cfg.ref_model!r} has a different vocabulary ({len(ref_reader.tokenizer)} "
                              f"tokens vs {len(reader.tokenizer)}); DPO needs the same tokenizer")
-        ref_model = ref_reader.model.to(reader.device)
+        ref_model = ref_reader.model
     else:
         ref_model = reader.model
     n_params_ref = sum(p.numel() for p in ref_model.parameters())
