@@ -60,9 +60,16 @@ class Never(RefreshPolicy):
         return None
 
 
+def _grid_due(step: int, start: int, interval: int, last_trigger: int) -> bool:
+    """Due when the latest grid point ``start + j * interval <= step`` (not step 0) is after the last trigger;
+    a refresh still in flight at a grid point starts at the first call after it."""
+    g = start + (step - start) // interval * interval
+    return g > 0 and g > last_trigger
+
+
 @dataclass
 class EveryN(RefreshPolicy):
-    """Refresh when ``n`` steps have passed since the last refresh started."""
+    """Refresh at steps n, 2n, 3n, ..."""
 
     n: int
 
@@ -71,24 +78,28 @@ class EveryN(RefreshPolicy):
             raise ValueError(f"refresh interval must be >= 1 step, got {self.n}")
 
     def due(self, step, refresher):
-        return f"every {self.n}" if step - refresher.last_trigger_step >= self.n else None
+        return f"every {self.n}" if _grid_due(step, 0, self.n, refresher.last_trigger_step) else None
 
 
 @dataclass
 class Schedule(RefreshPolicy):
-    """Interval per step range: ``[(start, end or None, interval), ...]``; steps outside all ranges never refresh."""
+    """Interval per step range ``[(start, end or None, interval), ...]``: refreshes at ``start + j * interval``
+    inside each range (``"0-1000:500,1000-:1000"`` gives 500, 1000, 2000, ...); no refresh outside the ranges."""
 
     ranges: list[tuple[int, int | None, int]]
 
-    def interval(self, step: int) -> int | None:
+    def range_of(self, step: int) -> tuple[int, int | None, int] | None:
         for a, b, r in self.ranges:
             if step >= a and (b is None or step < b):
-                return r
+                return a, b, r
         return None
 
     def due(self, step, refresher):
-        r = self.interval(step)
-        return f"schedule {r}" if r is not None and step - refresher.last_trigger_step >= r else None
+        rng = self.range_of(step)
+        if rng is None:
+            return None
+        a, _, r = rng
+        return f"schedule {r}" if _grid_due(step, a, r, refresher.last_trigger_step) else None
 
 
 @dataclass
