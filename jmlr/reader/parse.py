@@ -11,7 +11,8 @@ Rules, tried in order (the first rule that finds anything decides):
    or ``-`` and a letter, bracketed or not (``"Answer: B"``, ``"The correct answer is (C)."``); when no such
    phrase names a letter, ``option``/``choice`` + letter (``"Option D"``). The keyword is case-insensitive;
    the letter must be upper case (so ``"the answer is a rash"`` finds nothing). If the phrases name two
-   different letters, or a letter that is not an option, the answer is ambiguous: ``None``.
+   different letters, or a letter that is not an option, or contradict a leading letter (``"A ... Answer:
+   C"``), the answer is ambiguous: ``None``.
 2. **A leading letter**: the whole text is a letter (``"B"``, ``"b"``, ``"(B)"``, ``"B."``, ``"**B**"``), or it
    starts with a bracketed letter (``"(B) text"``) or a letter followed by ``.``, ``)``, ``:`` or a spaced
    `` - `` (``"B. Aspirin"``). A letter followed by a plain space is NOT taken (``"A patient ..."`` is prose,
@@ -57,6 +58,16 @@ def _option_matches(text: str, options: Mapping[str, str]) -> list[str]:
     return [letter for letter, opt in options.items() if normalize_text(str(opt)) == norm]
 
 
+def _leading_letter(body: str) -> str | None:
+    """The letter rule 2 would read at the start of ``body`` (upper case), or None."""
+    first = body.split("\n", 1)[0].strip()
+    m = _WHOLE.match(first)
+    if m:
+        return m.group(1).upper()
+    m = _LEADING.match(body)
+    return (m.group(1) or m.group(2)) if m else None
+
+
 def parse_answer(text: str | None, options: Mapping[str, str] | None) -> str | None:
     """Return the option letter ``text`` commits to, or ``None`` when unparsable or ambiguous.
 
@@ -90,11 +101,13 @@ def parse_answer(text: str | None, options: Mapping[str, str] | None) -> str | N
     found = [m.group(1) for m in _EXPLICIT_ANSWER.finditer(body)]
     if not found:  # "option B" / "choice B" only when no "answer ..." phrase names a letter
         found = [m.group(1) for m in _EXPLICIT_OPTION.finditer(body)]
+    leading = _leading_letter(body)
     if found:
-        valid = {f for f in found if f in letters}
-        if len(valid) == 1 and len(set(found)) == 1:
-            return letters[valid.pop()]
-        return None  # two different letters named, or a letter that is not an option
+        if len(set(found)) != 1 or found[0] not in letters:
+            return None  # two different letters named, or a letter that is not an option
+        if leading is not None and leading != found[0]:
+            return None  # "A ... Answer: C": contradictory
+        return letters[found[0]]
 
     # 2. a leading letter
     m = _WHOLE.match(body)

@@ -155,7 +155,10 @@ class Reader:
         self._add_special = template != "chat"
         self._target_cache: dict[str, list[int]] = {}
         self._probe_ids: list[int] | None = None
-        self.stop_strings: list[str] = [] if template == "chat" else ["\nQuestion:", "\n\n"]
+        self.tokens_seen = 0  # tokens through scoring forwards (prompt + answer), for cost accounting
+        self._appends_eos: bool | None = None
+        # MCQ answers of the plain templates are one line; free-text answers may span paragraphs
+        self.stop_strings: list[str] = {"chat": [], "jmlr": ["\n"], "freetext": ["\nQuestion:", "\n\n"]}[template]
         self._inspect_forward()
 
     # ------------------------------------------------------------------ construction / persistence
@@ -231,7 +234,11 @@ class Reader:
 
     @staticmethod
     def _enable_gc(model) -> None:
-        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        kw = {"use_reentrant": False}
+        if hasattr(model, "activation_checkpointing_enable"):  # transformers >= 5 name
+            model.activation_checkpointing_enable(activation_checkpointing_kwargs=kw)
+        else:
+            model.gradient_checkpointing_enable(gradient_checkpointing_kwargs=kw)
         if getattr(model, "config", None) is not None:
             model.config.use_cache = False
 
@@ -386,7 +393,19 @@ class Reader:
         return target_string(self.template, letter, options, kind or self.target, answer_text)
 
     def _encode_texts(self, texts: Sequence[str]) -> list[list[int]]:
-        return self.tokenizer(list(texts), add_special_tokens=self._add_special)["input_ids"]
+        """Token ids of prompts; a trailing EOS that some tokenizers append (``add_eos_token``) is dropped,
+        since the answer must follow the prompt directly."""
+        ids = self.tokenizer(list(texts), add_special_tokens=self._add_special)["input_ids"]
+        if self._appends_eos is None:
+            eos = self.tokenizer.eos_token_id
+            with_sp = self.tokenizer("x", add_special_tokens=self._add_special)["input_ids"]
+            plain = self.tokenizer("x", add_special_tokens=False)["input_ids"]
+            self._appends_eos = bool(eos is not None and with_sp and with_sp[-1] == eos
+                                     and (not plain or plain[-1] != eos))
+        if self._appends_eos:
+            eos = self.tokenizer.eos_token_id
+            ids = [x[:-1] if x and x[-1] == eos else x for x in ids]
+        return ids
 
     def _target_ids(self, target: str) -> list[int]:
         """Token ids of ``target`` as it tokenizes right after a prompt of this template (cached).
@@ -598,6 +617,7 @@ class Reader:
                 return TokenLoglik(z, z.new_zeros(shape + (0,)), torch.zeros(shape + (0,), dtype=torch.bool))
             return z
         encs = self._encode_items(items)
+        self.tokens_seen += sum(len(e.prompt_ids) + len(e.target_ids) for e in encs)
         tok, mask = self._token_logp(encs, micro_batch)  # (N, T)
         loglik = tok.sum(-1).view(shape)
         if return_token_logp:
@@ -759,8 +779,9 @@ class Reader:
             max_new_tokens: the most new tokens per prompt.
             batch_size: prompts per ``model.generate`` call.
             do_sample: sample instead of greedy decoding.
-            stop: cut each output at the first of these strings (default: the template's ``stop_strings``,
-                ``"\\nQuestion:"`` and ``"\\n\\n"`` for the plain templates, none for chat).
+            stop: cut each output at the first of these strings (default: the template's ``stop_strings``:
+                ``"\\n"`` for jmlr, ``"\\nQuestion:"`` and ``"\\n\\n"`` for freetext, none for chat, which ends
+                at EOS).
             progress: show a tqdm bar.
             **generate_kwargs: passed to ``model.generate`` (``temperature``, ``top_p``...).
 

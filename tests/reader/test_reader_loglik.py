@@ -302,3 +302,24 @@ def test_other_architectures_match_brute_force(tiny_tokenizer, examples, passage
             assert ll[b, k].item() == pytest.approx(ref, abs=ATOL)
         ref_s = _brute_letter_scores(Reader(gpt2, tiny_tokenizer), ex, passages[b])
         assert s[b, : len(ref_s)].tolist() == pytest.approx(ref_s, abs=ATOL)
+
+
+def test_tokenizer_that_appends_eos(tiny_model, tiny_tokenizer, examples, passages):
+    """Some tokenizers append EOS to every encoding: the prompt must not end with it before the answer."""
+    import copy
+
+    from tokenizers import processors
+
+    tok = copy.deepcopy(tiny_tokenizer)
+    eos = tok.eos_token_id
+    tok._tokenizer.post_processor = processors.TemplateProcessing(
+        single="$A <|endoftext|>", special_tokens=[("<|endoftext|>", eos)])
+    assert tok("Question")["input_ids"][-1] == eos
+    reader = Reader(tiny_model, tok)
+    enc = reader.encode(examples[0], passages[0][:1])
+    assert enc.prompt_ids[-1] != eos and tok.decode(enc.target_ids) == " C"
+    assert enc.prompt_ids == tok(enc.prompt)["input_ids"][:-1]
+    with torch.no_grad():
+        ll = reader.answer_loglik(examples, passages)
+        ref = Reader(tiny_model, tiny_tokenizer).answer_loglik(examples, passages)
+    assert torch.allclose(ll, ref, atol=1e-5)
