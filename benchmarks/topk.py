@@ -29,6 +29,7 @@ from __future__ import annotations
 import argparse
 import itertools
 import math
+import os
 import sys
 import time
 from pathlib import Path
@@ -180,6 +181,7 @@ def run(shapes, out_dir: Path, device_name: str = "cpu", repeats: int = 3, threa
         kernel_choice = {"fp32": lambda B: _cpu_kernel(B, torch.empty(1, 1), feats, None) if ext else "torch",
                          "reduced": lambda B: _cpu_kernel(B, torch.empty(1, 1, dtype=torch.bfloat16), feats, None)
                          if ext else "torch"}
+    load = [os.getloadavg()[0]] if hasattr(os, "getloadavg") else []
     bw = [stream_bandwidth(device)]
     print(f"stream bandwidth: {bw[0] / 1e9:.1f} GB/s", flush=True)
     rows = []
@@ -223,6 +225,8 @@ def run(shapes, out_dir: Path, device_name: str = "cpu", repeats: int = 3, threa
             print(f"d={d} N={N:,} B={B} k={k}: {line}", flush=True)
         del docs, stores, index, methods
     bw.append(stream_bandwidth(device))
+    if load:
+        load.append(os.getloadavg()[0])
     stream = max(bw)
     for r in rows:  # against the best stream measurement of the run
         r["pct_stream_bw"] = 100.0 * r["bytes"] / r["seconds"] / stream
@@ -231,12 +235,13 @@ def run(shapes, out_dir: Path, device_name: str = "cpu", repeats: int = 3, threa
             "recall_at_k", "kernel"]
     payload = {"benchmark": "topk", "mode": mode, "command": command, "device": str(device),
                "stream_gbps": stream / 1e9, "stream_gbps_samples": [b / 1e9 for b in bw], "repeats": repeats,
-               "threads": torch.get_num_threads(), "rows": rows, "goals": goals, "machine": machine_info()}
+               "threads": torch.get_num_threads(), "loadavg_1min_start_end": load, "rows": rows, "goals": goals, "machine": machine_info()}
     out_dir.mkdir(parents=True, exist_ok=True)
     write_json(out_dir / "topk.json", payload)
     notes = goals_markdown(goals) + (
         f"\nStream bandwidth (read-only sum over 2 GiB, best of the run): {stream / 1e9:.1f} GB/s. "
-        f"Seconds are the best of {repeats} interleaved rounds. Command: `{command}`\n")
+        f"Seconds are the best of {repeats} interleaved rounds. 1-minute load average at start/end: {load} "
+        f"(other processes on a shared machine slow OpenMP-heavy methods most). Command: `{command}`\n")
     write_markdown(out_dir / "topk.md", f"Exact top-k ({mode}, {device})", rows, cols, notes)
     plot(rows, out_dir / "topk.png", new_figure)
     print(markdown_table(rows, cols))

@@ -3,8 +3,9 @@
 Backends (each in its own module, Liger-Kernel style; ``reference.py`` is THE reference for tests/benchmarks):
 
 * ``"cpu"``       compiled C++ (``cpu/topk_cpu.cpp``, JIT-built and cached): an AVX-512 streaming kernel for
-                  small batches (memory-bound), blocked MKL sgemm with a fused threshold filter for large
-                  batches (compute-bound), and AMX-bf16 for reduced-precision candidate passes.
+                  small batches (memory-bound), a register-tiled AVX-512 kernel with queries in the lanes for
+                  larger batches (compute-bound), per-thread MKL sgemm + threshold filter where AVX-512 is
+                  missing, and AMX-bf16 for reduced-precision candidate passes.
 * ``"torch"``     blocked torch (any device; the clean fallback when no compiler is available).
 * ``"triton"``    two-stage Triton kernel (fused tile dot + per-tile candidates, then a merge), CUDA tensors.
 * ``"cuda"``      a CUDA C++ extension (``cuda/``), CUDA tensors, k <= 128.
@@ -34,11 +35,11 @@ from .reference import topk_reference
 logger = logging.getLogger("jmlr.kernels")
 
 BACKENDS = ("auto", "cpu", "torch", "triton", "cuda", "reference")
-CPU_KERNELS = ("stream", "gemm", "amx")
+CPU_KERNELS = ("stream", "tile", "gemm", "amx")
 
 # Shape thresholds of the CPU dispatch, measured on a 2-core AVX-512/AMX Xeon (see docs/kernels.md).
-STREAM_MAX_B = 8  # fp32 storage: streaming kernel up to this batch, blocked sgemm above
-AMX_MIN_B = 1  # reduced storage: AMX-bf16 candidate pass from this batch on (when the CPU has AMX)
+STREAM_MAX_B = 4  # up to this batch the streaming kernel (memory-bound); above it the tile kernel (compute-bound)
+AMX_MIN_B = 2  # reduced storage: AMX-bf16 candidate pass from this batch on (at B=1 the stream kernel wins)
 
 _warned: set[str] = set()
 
@@ -88,16 +89,16 @@ def _cpu_kernel(B: int, storage: torch.Tensor, feats: dict, requested: str | Non
             raise ValueError(f"unknown cpu_kernel {requested!r}: expected one of {CPU_KERNELS}")
         if requested == "amx" and not feats.get("amx_bf16"):
             raise ValueError("cpu_kernel='amx' needs a CPU with AMX-BF16 (and OS permission); this one has none")
+        if requested == "tile" and not feats.get("avx512"):
+            raise ValueError("cpu_kernel='tile' needs a CPU with AVX-512; this one has none")
         if requested == "amx" and storage.dtype == torch.float32:
             raise ValueError("cpu_kernel='amx' is for reduced-precision storage (fp16/bf16/int8), not fp32")
         return requested
     if not feats.get("avx512"):
         return "gemm"
-    if storage.dtype == torch.float32:
-        return "stream" if B <= STREAM_MAX_B else "gemm"
-    if feats.get("amx_bf16") and B >= AMX_MIN_B:
+    if storage.dtype != torch.float32 and feats.get("amx_bf16") and B >= AMX_MIN_B:
         return "amx"
-    return "stream" if B <= 4 * STREAM_MAX_B else "gemm"
+    return "stream" if B <= STREAM_MAX_B else "tile"
 
 
 @torch.no_grad()
@@ -134,7 +135,8 @@ def _candidates(queries, storage, scales, kk, backend, device, cpu_kernel, block
         q = queries.float().contiguous()
         docs = storage if storage.stride(1) == 1 else storage.contiguous()
         sc = None if scales is None else scales.float().contiguous()
-        kid = {"stream": cpu_backend.STREAM, "gemm": cpu_backend.GEMM, "amx": cpu_backend.AMX}[kern]
+        kid = {"stream": cpu_backend.STREAM, "tile": cpu_backend.TILE, "gemm": cpu_backend.GEMM,
+               "amx": cpu_backend.AMX}[kern]
         s, i, nan = cpu_backend.topk_cpu(q, docs, kk, scales=sc, kernel=kid, block=block or 0)
         return s, i, nan, kern == "amx"
     if backend == "torch":
@@ -185,7 +187,7 @@ def topk(queries: torch.Tensor, docs, k: int, *, backend: str = "auto", scales: 
         scales: (N,) per-row scales for int8 docs (score = q . docs[i] * scales[i]).
         rerank_k: candidates per query kept by a reduced-precision pass before the exact fp32 rerank
             (default max(2k, k + 32)); used for QuantizedDocs and for AMX/GPU passes over fp16/bf16/int8.
-        cpu_kernel: force one CPU kernel ("stream", "gemm", "amx"); for benchmarks and tests.
+        cpu_kernel: force one CPU kernel ("stream", "tile", "gemm", "amx"); for benchmarks and tests.
         block: doc rows per block for the blocked kernels.
 
     Returns:

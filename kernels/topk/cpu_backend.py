@@ -23,7 +23,7 @@ _LOCK = threading.Lock()
 _STATE: dict = {"tried": False, "ext": None, "error": None}
 
 # kernel ids understood by the extension
-STREAM, GEMM, AMX = 0, 1, 2
+STREAM, GEMM, AMX, TILE = 0, 1, 2, 3
 
 
 def cache_dir() -> Path:

@@ -26,8 +26,9 @@ SHAPES = [
 ]
 SHAPE_IDS = ["B1", "N_odd", "k_eq_N", "k_gt_block", "B35"]
 STORAGE = ["fp32", "fp16", "bf16", "int8"]
-BACKENDS = [("cpu", "stream"), ("cpu", "gemm"), ("cpu", "amx"), ("torch", None), ("reference", None)]
-BACKEND_IDS = ["cpu-stream", "cpu-gemm", "cpu-amx", "torch", "reference"]
+BACKENDS = [("cpu", "stream"), ("cpu", "tile"), ("cpu", "gemm"), ("cpu", "amx"), ("torch", None),
+            ("reference", None)]
+BACKEND_IDS = ["cpu-stream", "cpu-tile", "cpu-gemm", "cpu-amx", "torch", "reference"]
 TOL = {"fp32": 1e-4, "fp16": 1.5e-3, "bf16": 8e-3, "int8": 1.5e-2}  # vs the fp32 originals (unit rows)
 
 
@@ -76,8 +77,8 @@ def _skip_if_unavailable(backend, kernel, kind, feats):
             pytest.skip("the amx kernel is for reduced-precision storage (fp32 raises, tested separately)")
         if not feats.get("amx_bf16"):
             pytest.skip("this CPU has no AMX-BF16")
-    if backend == "cpu" and kernel == "stream" and not feats.get("avx512"):
-        pytest.skip("the stream kernel needs AVX-512; the scalar fallback runs via dispatch")
+    if backend == "cpu" and kernel in ("stream", "tile") and not feats.get("avx512"):
+        pytest.skip(f"the {kernel} kernel needs AVX-512; the gemm kernel runs via dispatch there")
 
 
 @pytest.mark.parametrize("backend,kernel", BACKENDS, ids=BACKEND_IDS)
@@ -201,7 +202,7 @@ def test_errors(backend):
 def test_nan_docs_detected_by_every_cpu_kernel(cpu_features):
     q, docs = torch.randn(3, 64), torch.randn(3000, 64)
     docs[2222, 5] = float("nan")
-    kernels = ["stream", "gemm"] if cpu_features["avx512"] else ["gemm"]
+    kernels = ["stream", "tile", "gemm"] if cpu_features["avx512"] else ["gemm"]
     for kern in kernels:
         with pytest.raises(ValueError, match="row 2222"):
             topk(q, docs, 4, backend="cpu", cpu_kernel=kern)
@@ -245,11 +246,16 @@ def test_dispatch_by_shape_and_dtype():
     f32, bf = torch.empty(1, 1), torch.empty(1, 1, dtype=torch.bfloat16)
     assert tk._cpu_kernel(1, f32, full, None) == "stream"
     assert tk._cpu_kernel(tk.STREAM_MAX_B, f32, full, None) == "stream"
-    assert tk._cpu_kernel(tk.STREAM_MAX_B + 1, f32, full, None) == "gemm"
+    assert tk._cpu_kernel(tk.STREAM_MAX_B + 1, f32, full, None) == "tile"
+    assert tk._cpu_kernel(256, f32, full, None) == "tile"
+    assert tk._cpu_kernel(1, bf, full, None) == "stream"  # memory-bound: the stream kernel reads fewer bytes
+    assert tk._cpu_kernel(tk.AMX_MIN_B, bf, full, None) == "amx"
     assert tk._cpu_kernel(256, bf, full, None) == "amx"
-    assert tk._cpu_kernel(1, bf, {"avx512": True, "amx_bf16": False}, None) == "stream"
+    assert tk._cpu_kernel(256, bf, {"avx512": True, "amx_bf16": False}, None) == "tile"
     assert tk._cpu_kernel(1, f32, {"avx512": False, "amx_bf16": False}, None) == "gemm"
     assert tk._cpu_kernel(3, f32, full, "gemm") == "gemm"
+    with pytest.raises(ValueError, match="AVX-512"):
+        tk._cpu_kernel(3, f32, {"avx512": False, "amx_bf16": False}, "tile")
     assert "torch" in tk.available_backends("cpu")
 
 

@@ -461,6 +461,135 @@ JMLR_AMX static void amx_range(const T* D, int64_t ldd, int64_t d, int64_t n0, i
   if (nanm) nan_seen = true;
 }
 
+// ------------------------------------------------------------------------------------------------
+// Tile kernel (compute-bound, B >= ~8, exact fp32): queries in the LANES. Queries are packed once as
+// Qt (d, Bp) (Bp = B rounded up to 16, zero padded); a tile of R = 12 doc rows x 32 queries keeps 24 zmm
+// accumulators, and each step j broadcasts doc element D[r][j] against 2 query vectors Qt[j, c0:c0+32]:
+// 24 FMAs per 2 vector loads + 12 broadcasts, no horizontal reductions and no doc transposition. Each doc
+// tile is read from memory once (fp32 in place; reduced storage converted to fp32 into a 12-row L1 buffer)
+// and reused from L1 by every 32-query block. The scores of a doc row come out as vectors of 16 queries,
+// filtered against a vector of the 16 running thresholds.
+// ------------------------------------------------------------------------------------------------
+constexpr int kTileR = 12;
+
+// pf: the next doc tile (kTileR rows of pf_ld elements, pf_row_bytes each) to pull into cache while this one
+// computes: one cache line per step j, so the memory stream overlaps the FMAs. nullptr: no prefetch.
+template <int R, int V>
+JMLR_AVX512 static inline void bcast_tile(const float* Dr, int64_t ld, const float* Qt, int64_t Bp, int64_t d,
+                                          float* out /* (R, V*16) */, const char* pf = nullptr,
+                                          int64_t pf_ld_bytes = 0, int64_t pf_row_bytes = 0) {
+  __m512 acc[R][V];
+#pragma GCC unroll 16
+  for (int r = 0; r < R; ++r)
+#pragma GCC unroll 2
+    for (int v = 0; v < V; ++v) acc[r][v] = _mm512_setzero_ps();
+  const int64_t pf_lines = pf ? kTileR * ((pf_row_bytes + 63) / 64) : 0;
+  for (int64_t j = 0; j < d; ++j) {
+    if (j < pf_lines) _mm_prefetch(pf + (j % kTileR) * pf_ld_bytes + (j / kTileR) * 64, _MM_HINT_T0);
+    const float* qj = Qt + j * Bp;
+    __m512 qv[V];
+#pragma GCC unroll 2
+    for (int v = 0; v < V; ++v) qv[v] = _mm512_loadu_ps(qj + 16 * v);
+#pragma GCC unroll 16
+    for (int r = 0; r < R; ++r) {
+      const __m512 b = _mm512_set1_ps(Dr[r * ld + j]);
+#pragma GCC unroll 2
+      for (int v = 0; v < V; ++v) acc[r][v] = _mm512_fmadd_ps(b, qv[v], acc[r][v]);
+    }
+  }
+#pragma GCC unroll 16
+  for (int r = 0; r < R; ++r)
+#pragma GCC unroll 2
+    for (int v = 0; v < V; ++v) _mm512_storeu_ps(out + r * V * 16 + v * 16, acc[r][v]);
+}
+
+// Filter R rows x (V*16) query scores starting at query column c0 into the states.
+JMLR_AVX512 static inline void bcast_filter(const float* out, int rows, int V, int64_t n, int64_t c0, int64_t B,
+                                            const float* scales, TopK* states, float* thr, __mmask16& nanm) {
+  for (int r = 0; r < rows; ++r) {
+    const __m512 sc = scales ? _mm512_set1_ps(scales[n + r]) : _mm512_set1_ps(1.f);
+    for (int v = 0; v < V; ++v) {
+      __m512 x = _mm512_loadu_ps(out + r * V * 16 + v * 16);
+      if (scales) x = _mm512_mul_ps(x, sc);
+      const int64_t cb = c0 + 16 * v;
+      nanm |= _mm512_cmp_ps_mask(x, x, _CMP_UNORD_Q);
+      __mmask16 m = _mm512_cmp_ps_mask(x, _mm512_loadu_ps(thr + cb), _CMP_GE_OQ);
+      if (m) {
+        alignas(64) float xs[16];
+        _mm512_store_ps(xs, x);
+        while (m) {
+          const int t = __builtin_ctz(m);
+          m &= m - 1;
+          const int64_t b = cb + t;
+          if (b < B && states[b].admits(xs[t], n + r)) {
+            states[b].push(xs[t], n + r);
+            thr[b] = states[b].thr;
+          }
+        }
+      }
+    }
+  }
+}
+
+template <int R>
+JMLR_AVX512 static inline void bcast_rows(const float* Dr, int64_t ld, int rows, int64_t n, const float* Qt,
+                                          int64_t B, int64_t Bp, int64_t d, const float* scales, TopK* states,
+                                          float* thr, __mmask16& nanm, const char* pf, int64_t pf_ld_bytes,
+                                          int64_t pf_row_bytes) {
+  alignas(64) float out[R * 32];
+  int64_t c0 = 0;
+  for (; c0 + 32 <= Bp; c0 += 32) {
+    bcast_tile<R, 2>(Dr, ld, Qt + c0, Bp, d, out, c0 == 0 ? pf : nullptr, pf_ld_bytes, pf_row_bytes);
+    bcast_filter(out, rows, 2, n, c0, B, scales, states, thr, nanm);
+  }
+  if (c0 < Bp) {
+    bcast_tile<R, 1>(Dr, ld, Qt + c0, Bp, d, out, c0 == 0 ? pf : nullptr, pf_ld_bytes, pf_row_bytes);
+    bcast_filter(out, rows, 1, n, c0, B, scales, states, thr, nanm);
+  }
+}
+
+template <typename T>
+JMLR_AVX512 static void bcast_range(const T* D, int64_t ldd, int64_t d, int64_t n0, int64_t n1, const float* Qt,
+                                    int64_t B, int64_t Bp, const float* scales, TopK* states, float* thr,
+                                    bool& nan_seen) {
+  constexpr bool in_place = std::is_same<T, float>::value;
+  std::vector<float> buf(in_place ? 0 : (size_t)kTileR * d);
+  __mmask16 nanm = 0;
+  int64_t n = n0;
+  for (; n < n1; n += kTileR) {
+    const int rows = (int)std::min<int64_t>(kTileR, n1 - n);
+    const float* Dr;
+    int64_t ld;
+    if constexpr (in_place) {
+      Dr = (const float*)(D + n * ldd);
+      ld = ldd;
+    } else {
+      for (int r = 0; r < rows; ++r) {
+        const T* src = D + (n + r) * ldd;
+        float* dst = buf.data() + r * d;
+        int64_t j = 0;
+        for (; j + 16 <= d; j += 16) _mm512_storeu_ps(dst + j, Ld<T>::full(src + j));
+        if (j < d) {
+          const __mmask16 m = (__mmask16)((1u << (d - j)) - 1u);
+          _mm512_mask_storeu_ps(dst + j, m, Ld<T>::part(src + j, m));
+        }
+      }
+      Dr = buf.data();
+      ld = d;
+    }
+    // the next tile of the source rows (kTileR rows, all inside [n0, n1) or not prefetched)
+    const char* pf = n + 2 * kTileR <= n1 ? (const char*)(D + (n + kTileR) * ldd) : nullptr;
+    if (rows == kTileR) {
+      bcast_rows<kTileR>(Dr, ld, rows, n, Qt, B, Bp, d, scales, states, thr, nanm, pf, ldd * (int64_t)sizeof(T),
+                         d * (int64_t)sizeof(T));
+    } else {
+      for (int r = 0; r < rows; ++r)
+        bcast_rows<1>(Dr + r * ld, ld, 1, n + r, Qt, B, Bp, d, scales, states, thr, nanm, nullptr, 0, 0);
+    }
+  }
+  if (nanm) nan_seen = true;
+}
+
 // Filter one query's row of a gemm score block against its running threshold; returns true on NaN.
 JMLR_AVX512 static bool gemm_filter_row_avx512(const float* row, int64_t nb, int64_t n0, const float* S, TopK& st) {
   __mmask16 nanm = 0;
@@ -486,7 +615,7 @@ JMLR_AVX512 static bool gemm_filter_row_avx512(const float* row, int64_t nb, int
 // ------------------------------------------------------------------------------------------------
 // Drivers
 // ------------------------------------------------------------------------------------------------
-enum Kernel { STREAM = 0, GEMM = 1, AMX = 2 };
+enum Kernel { STREAM = 0, GEMM = 1, AMX = 2, TILE = 3 };
 
 template <typename F>
 static void dispatch_storage(const at::Tensor& docs, F&& f) {
@@ -594,23 +723,33 @@ std::vector<at::Tensor> topk_cpu(const at::Tensor& q, const at::Tensor& docs, co
       if (local_nan) nan_seen = true;
     });
   } else {
-    const int64_t G = (B + 15) / 16, KC = (d + 31) / 32;
+    const int64_t G = (B + 15) / 16, KC = (d + 31) / 32, Bp = G * 16;
+    const bool use_tile = kernel == TILE;
+    TORCH_CHECK(!use_tile || avx, "the tile kernel needs AVX-512");
     std::vector<uint16_t> P;
     if (use_amx) P = pack_queries(Qm, B, d, G, KC);
+    std::vector<float> Qt;
+    if (use_tile) {  // (d, Bp), zero padded
+      Qt.assign((size_t)d * Bp, 0.f);
+      for (int64_t b = 0; b < B; ++b)
+        for (int64_t j = 0; j < d; ++j) Qt[j * Bp + b] = Qm[b * d + j];
+    }
     std::vector<std::vector<float>> thr(T);
-    if (use_amx)
+    if (use_amx || use_tile)
       for (auto& tv : thr) {
-        tv.assign(G * 16, kPosInf);
+        tv.assign(Bp, kPosInf);
         for (int64_t b = 0; b < B; ++b) tv[b] = kNegInf;
       }
-    if (block <= 0) block = 8192;
-    block = std::max<int64_t>(64, block / 32 * 32);
+    if (block <= 0) block = 8160;  // a multiple of 32 (AMX tiles) and of 12 (tile kernel)
+    block = std::max<int64_t>(96, block / 96 * 96);
     run_chunks(N, block, T, [&](int64_t t, int64_t n0, int64_t n1) {
       bool local_nan = false;
       TopK* st = states[t].data();
       dispatch_storage(docs, [&](auto* D) {
         using T_ = std::remove_const_t<std::remove_pointer_t<decltype(D)>>;
-        if (use_amx) {
+        if (use_tile) {
+          bcast_range<T_>(D, ldd, d, n0, n1, Qt.data(), B, Bp, S, st, thr[t].data(), local_nan);
+        } else if (use_amx) {
           const int64_t n_amx = n0 + (n1 - n0) / 32 * 32;
           amx_range<T_>(D, ldd, d, n0, n_amx, P.data(), B, G, KC, S, st, thr[t].data(), local_nan);
           if (n_amx < n1) stream_range<T_>(D, ldd, d, n_amx, n1, Qm, B, S, st, local_nan);
@@ -686,7 +825,7 @@ std::map<std::string, bool> cpu_features() {
 
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.doc() = "jmlr fused score + top-k CPU kernels";
-  m.def("topk", &jmlr_topk::topk_cpu, "fused score + top-k (kernel: 0 stream, 1 gemm, 2 amx)", py::arg("queries"),
+  m.def("topk", &jmlr_topk::topk_cpu, "fused score + top-k (kernel: 0 stream, 1 gemm, 2 amx, 3 tile)", py::arg("queries"),
         py::arg("docs"), py::arg("scales"), py::arg("k"), py::arg("kernel"), py::arg("block"));
   m.def("rerank", &jmlr_topk::rerank_cpu, "exact rescoring of candidate rows", py::arg("queries"), py::arg("docs"),
         py::arg("scales"), py::arg("candidates"), py::arg("k"));
