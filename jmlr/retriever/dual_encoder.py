@@ -364,6 +364,7 @@ class DualEncoder(nn.Module):
 
     def _embed(self, texts: Sequence[str], tower: str) -> torch.Tensor:
         ids, mask = pad_batch(self.tokenize(texts, tower), self.tokenizer.pad_token_id)
+        self.tokens_seen = getattr(self, "tokens_seen", 0) + int(mask.sum())  # for cost accounting
         model = self._tower(tower)
         dev = next(model.parameters()).device
         return embed_tokens(model, ids.to(dev), mask.to(dev), self.pooling, self.normalize)

@@ -88,9 +88,12 @@ class RunCosts:
     retriever_tokens: int = 0
     eval_s: float = 0.0
 
-    def summary(self, reader_params: int, retriever_params: int, refresh_stats: dict) -> dict:
+    def summary(self, reader_params: int, retriever_params: int, refresh_stats: dict,
+                retriever_trains: bool = True) -> dict:
+        """Training FLOPs estimated as 6·N·tokens (forward + backward), 2·N·tokens for a frozen retriever."""
         st = self.step_times
-        flops = 6 * reader_params * self.reader_tokens + 6 * retriever_params * self.retriever_tokens
+        flops = 6 * reader_params * self.reader_tokens + (6 if retriever_trains else 2) * retriever_params * \
+            self.retriever_tokens
         return {
             "steps": len(st),
             "step_time_mean_s": float(np.mean(st)) if st else 0.0,
@@ -320,15 +323,16 @@ class JointTrainer:
         train_docs = cfg.retriever.train_docs and not cfg.retriever.frozen
         cand_emb = None if train_docs else self.retrieval.embeddings(cand)  # (B, K, d)
         # 4. scores with gradient + reader log-likelihoods, in one (DDP-wrapped) forward
+        r0, q0 = self.reader.tokens_seen, getattr(self.retriever, "tokens_seen", 0)
         out = self.model(questions, batch, cand_texts, cand_emb, train_docs, self.extras)
+        self.costs.reader_tokens += self.reader.tokens_seen - r0
+        self.costs.retriever_tokens += getattr(self.retriever, "tokens_seen", 0) - q0
         scores = out["scores"].float() / cfg.retriever.temperature  # (B, K)
         extra = {k: v for k, v in out.items() if k not in ("scores", "loglik")}
         if self._loss_takes_generator:  # step-seeded sampling inside the loss: resumable and reproducible
             extra["generator"] = torch.Generator(scores.device).manual_seed(
                 self.cfg.seed * 104_729 + self.step * 1_009 + self.rank)
         loss = self.loss_fn(scores, out["loglik"].float(), **extra)
-        self.costs.reader_tokens += int(getattr(self.reader, "last_num_tokens", 0) or 0)
-        self.costs.retriever_tokens += int(getattr(self.retriever, "last_num_tokens", 0) or 0)
         with torch.no_grad():
             p = scores.softmax(-1)
             best = out["loglik"].float().argmax(-1)
@@ -435,7 +439,8 @@ class JointTrainer:
             "final_loss": self.history[-1]["loss"] if self.history else None,
             "losses": [h["loss"] for h in self.history],
             "evals": self.evals,
-            "costs": self.costs.summary(self.n_reader_params, self.n_retriever_params, self.retrieval.stats()),
+            "costs": self.costs.summary(self.n_reader_params, self.n_retriever_params, self.retrieval.stats(),
+                                        retriever_trains=not self.cfg.retriever.frozen),
         }
         if self.is_main:
             (self.out / "summary.json").write_text(json.dumps(s, indent=2, default=float))

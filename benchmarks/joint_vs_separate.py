@@ -1,0 +1,263 @@
+"""Joint retriever+reader training against the usual separate routes, with one reader, seed and step budget.
+
+Arms (each starts from the same off-the-shelf reader and retriever):
+  (a) sft_closed_book     SFT on the questions, no passages
+  (b) pretrain_then_sft   continued pretraining on the corpus (packed windows), then (a)  [separate pretraining]
+  (c) frozen_rag_sft      RAG with the frozen off-the-shelf retriever; only the reader trains
+  (d) separate_rag_sft    retriever trained separately (contrastive on gold passages), then (c) with it
+  (e) joint               retriever and reader trained together in one loop (jmlr)
+
+Every arm gets the same fine-tuning budget (``--steps`` optimizer steps of ``--batch`` questions); (b) and (d)
+spend extra time on their separate stage (``--pretrain-steps`` / ``--contrastive-steps``), as the usual route
+does. Writes ``OUT/joint_vs_separate.json`` (rows {dataset, arm, accuracy, recall_at_5, wall_s, flops}),
+a markdown table and a time-to-accuracy PNG.
+
+    python benchmarks/joint_vs_separate.py --quick --out bench/
+    python benchmarks/joint_vs_separate.py --out bench/ --datasets demo,medmcqa
+"""
+from __future__ import annotations
+
+import argparse
+import gc
+import os
+import random
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+from benchmarks._report import machine_info, new_figure, write_json, write_markdown  # noqa: E402
+
+SHARED = ROOT.parent / "shared" / "data"
+ARMS = ["sft_closed_book", "pretrain_then_sft", "frozen_rag_sft", "separate_rag_sft", "joint"]
+
+
+def load_dataset(name: str, n_train: int, n_test: int, seed: int = 0):
+    """(train, test, corpus) for ``demo`` (bundled) or ``medmcqa`` (questions with explanations; the
+    explanations form the corpus and each question's own explanation is its gold passage)."""
+    if name == "demo":
+        from jmlr.data.demo import demo_corpus, demo_qa
+
+        return demo_qa("train")[:n_train], demo_qa("test")[:n_test], demo_corpus()
+    if name == "medmcqa":
+        from jmlr.data import load_qa_with_corpus
+
+        f = SHARED / "medmcqa" / "dev.json"
+        if not f.is_file():
+            return None
+        qa, corpus = load_qa_with_corpus("medmcqa", f)
+        qa = [q for q in qa if q.gold_passage_ids]
+        random.Random(seed).shuffle(qa)
+        return qa[n_test:n_test + n_train], qa[:n_test], corpus
+    raise ValueError(f"unknown dataset {name!r}: expected demo or medmcqa")
+
+
+def base_overrides(args, out: Path) -> list[str]:
+    return [f"output_dir={out}", f"optim.steps={args.steps}", f"optim.batch_size={args.batch}",
+            f"index.top_k={args.k}", "eval_every=0", f"optim.warmup_steps={max(args.steps // 10, 1)}",
+            f"reader.lr={args.lr}", f"retriever.lr={args.retriever_lr}", f"refresh.every={args.refresh_every}",
+            f"reader.max_length={args.max_length}", f"seed={args.seed}", f"optim.bf16={str(args.bf16).lower()}",
+            "loss.name=rag_sequence"]
+
+
+def load_models(args):
+    from jmlr.reader import Reader
+    from jmlr.retriever import DualEncoder
+
+    return (DualEncoder.from_pretrained(args.retriever),
+            Reader.from_pretrained(args.reader, max_length=args.max_length))
+
+
+def closed_book_accuracy(reader, test, bf16: bool) -> float:
+    import torch
+
+    from jmlr.eval.mcq import mcq_accuracy
+
+    preds = []
+    with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
+        for i in range(0, len(test), 8):
+            preds += reader.predict(test[i:i + 8], None)
+    return mcq_accuracy(preds, [ex.answer for ex in test])["accuracy"]
+
+
+def sft_closed_book(args, reader, train, out: Path) -> dict:
+    from jmlr.train.stages.sft import SFTConfig, run_sft, sft_examples_from_qa
+    from jmlr.config import load_config
+
+    cfg = load_config(None, [f"output_dir={out}", f"seed={args.seed}", f"optim.steps={args.steps}",
+                             f"optim.batch_size={args.batch}", f"optim.lr={args.lr}",
+                             f"optim.warmup_steps={max(args.steps // 10, 1)}", "optim.schedule=linear",
+                             f"optim.bf16={str(args.bf16).lower()}"], cls=SFTConfig)
+    return run_sft(cfg, reader=reader, examples=sft_examples_from_qa(train, reader), progress=not args.quiet)
+
+
+def pretrain(args, reader, corpus, out: Path) -> dict:
+    from jmlr.config import load_config
+    from jmlr.train.stages.pretrain import PretrainConfig, run_pretrain
+
+    cfg = load_config(None, [f"output_dir={out}", f"seed={args.seed}", f"optim.steps={args.pretrain_steps}",
+                             f"optim.batch_size={args.batch}", f"optim.lr={args.lr}",
+                             f"data.window={args.max_length}", f"optim.bf16={str(args.bf16).lower()}"],
+                      cls=PretrainConfig)
+    return run_pretrain(cfg, reader=reader, texts=corpus.texts(with_title=True), progress=not args.quiet)
+
+
+def contrastive(args, retriever, train, corpus) -> dict:
+    from jmlr.retriever.contrastive import ContrastiveConfig, ContrastiveExample, ContrastiveTrainer
+
+    exs = [ContrastiveExample(q.question, corpus.texts(with_title=True, start=corpus.index_of(q.gold_passage_ids[0]),
+                                                       stop=corpus.index_of(q.gold_passage_ids[0]) + 1)[0])
+           for q in train if q.gold_passage_ids]
+    bs = min(32, len(exs))
+    epochs = max(1, -(-args.contrastive_steps * bs // len(exs)))  # ceil: about --contrastive-steps steps
+    cfg = ContrastiveConfig(lr=args.retriever_lr * 2, batch_size=bs, epochs=epochs)
+    t0 = time.perf_counter()
+    losses = ContrastiveTrainer(retriever, cfg).train(exs, progress=not args.quiet)
+    n = sum(p.numel() for p in retriever.parameters())
+    toks = len(losses) * cfg.batch_size * 2 * 64  # about 64 tokens per query/passage
+    return {"wall_s": time.perf_counter() - t0, "flops_est": 6.0 * n * toks, "steps": len(losses)}
+
+
+def rag_arm(args, retriever, reader, train, test, corpus, out: Path, frozen: bool) -> tuple[dict, dict, float]:
+    from jmlr.config import load_config
+    from jmlr.train.trainer import JointTrainer
+
+    ov = base_overrides(args, out) + ([f"retriever.frozen=true", "refresh.every=0"] if frozen else [])
+    cfg = load_config(None, ov)
+    trainer = JointTrainer(cfg, retriever, reader, corpus, train, None, progress=not args.quiet)
+    t0 = time.perf_counter()
+    summary = trainer.train()
+    wall = time.perf_counter() - t0
+    res = trainer.evaluate(test, split="test")
+    trainer.retrieval.close()
+    return summary, res, wall
+
+
+def run_dataset(args, name: str, out: Path) -> list[dict]:
+    data = load_dataset(name, args.n_train, args.n_test, args.seed)
+    if data is None:
+        print(f"[{name}] skipped: {SHARED} not found")
+        return []
+    train, test, corpus = data
+    if args.max_corpus and len(corpus) > args.max_corpus:  # the gold passages, then distractors up to the cap
+        gold = sorted({corpus.index_of(g) for q in train + test for g in q.gold_passage_ids})
+        rest = [i for i in range(len(corpus)) if i not in set(gold)]
+        corpus = corpus.select(sorted(gold + rest[:max(args.max_corpus - len(gold), 0)]))
+    print(f"[{name}] train={len(train)} test={len(test)} corpus={len(corpus)}", flush=True)
+    rows = []
+
+    def add(arm, acc, recall, wall, flops, extra=None):
+        rows.append({"dataset": name, "arm": arm, "accuracy": acc, "recall_at_5": recall, "wall_s": wall,
+                     "flops": flops, **(extra or {})})
+        print(f"[{name}] {arm:<18} acc={acc:.3f} R@5={'-' if recall is None else f'{recall:.3f}'} "
+              f"wall={wall:.1f}s", flush=True)
+
+    for arm in args.arms:
+        gc.collect()
+        retriever, reader = load_models(args)
+        t0 = time.perf_counter()  # training wall time of the arm (its evaluation excluded)
+        if arm == "sft_closed_book":
+            s = sft_closed_book(args, reader, train, out / name / arm)
+            wall = time.perf_counter() - t0
+            add(arm, closed_book_accuracy(reader, test, args.bf16), None, wall, s["flops_est"])
+        elif arm == "pretrain_then_sft":
+            p = pretrain(args, reader, corpus, out / name / arm / "pretrain")
+            s = sft_closed_book(args, reader, train, out / name / arm / "sft")
+            wall = time.perf_counter() - t0
+            add(arm, closed_book_accuracy(reader, test, args.bf16), None, wall,
+                p["flops_est"] + s["flops_est"], {"stage_wall_s": {"pretrain": p["wall_s"], "sft": s["wall_s"]}})
+        elif arm in ("frozen_rag_sft", "separate_rag_sft", "joint"):
+            extra, flops, wall = {}, 0.0, 0.0
+            if arm == "separate_rag_sft":
+                c = contrastive(args, retriever, train, corpus)
+                extra["stage_wall_s"] = {"contrastive": c["wall_s"]}
+                flops, wall = c["flops_est"], c["wall_s"]
+            summary, res, train_wall = rag_arm(args, retriever, reader, train, test, corpus, out / name / arm,
+                                               frozen=arm != "joint")
+            flops += summary["costs"]["train_flops_est"]
+            add(arm, res["accuracy"], res.get("recall@5"), wall + train_wall, flops, extra)
+        else:
+            raise ValueError(f"unknown arm {arm!r}: expected one of {ARMS}")
+        del retriever, reader
+    return rows
+
+
+def plot(rows: list[dict], path: Path) -> None:
+    fig, axes = new_figure(1, max(len({r['dataset'] for r in rows}), 1), figsize=(6 * max(len({r['dataset'] for r in rows}), 1), 4))
+    axes = axes if hasattr(axes, "__len__") else [axes]
+    for ax, ds in zip(axes, sorted({r["dataset"] for r in rows})):
+        for r in [r for r in rows if r["dataset"] == ds]:
+            ax.scatter(r["wall_s"], r["accuracy"], s=60)
+            ax.annotate(r["arm"], (r["wall_s"], r["accuracy"]), textcoords="offset points", xytext=(5, 4), fontsize=8)
+        ax.set_xlabel("training wall time (s)")
+        ax.set_ylabel("test accuracy")
+        ax.set_title(f"time to accuracy: {ds}")
+        ax.grid(alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--out", required=True)
+    p.add_argument("--quick", action="store_true", help="a few steps per arm (a smoke run)")
+    p.add_argument("--datasets", default="demo,medmcqa")
+    p.add_argument("--arms", default=",".join(ARMS))
+    p.add_argument("--reader", default="smollm2-135m")
+    p.add_argument("--retriever", default="minilm")
+    p.add_argument("--steps", type=int, default=150)
+    p.add_argument("--pretrain-steps", type=int, default=150)
+    p.add_argument("--contrastive-steps", type=int, default=60)
+    p.add_argument("--batch", type=int, default=4)
+    p.add_argument("--k", type=int, default=4)
+    p.add_argument("--n-train", type=int, default=600)
+    p.add_argument("--n-test", type=int, default=150)
+    p.add_argument("--lr", type=float, default=3e-5)
+    p.add_argument("--retriever-lr", type=float, default=3e-5)
+    p.add_argument("--refresh-every", type=int, default=20)
+    p.add_argument("--max-length", type=int, default=384)
+    p.add_argument("--max-corpus", type=int, default=0, help="cap the corpus (gold passages kept); 0 = all")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--no-bf16", dest="bf16", action="store_false")
+    p.add_argument("--quiet", action="store_true")
+    args = p.parse_args(argv)
+    if args.quick:
+        args.steps, args.pretrain_steps, args.contrastive_steps = 3, 3, 2
+        args.batch, args.k, args.n_train, args.n_test, args.refresh_every = 2, 2, 16, 8, 2
+        args.max_corpus = args.max_corpus or 64
+    args.arms = [a.strip() for a in args.arms.split(",") if a.strip()]
+    for a in args.arms:
+        if a not in ARMS:
+            p.error(f"unknown arm {a!r}: expected some of {', '.join(ARMS)}")
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    t0 = time.perf_counter()
+    rows = []
+    for ds in [d.strip() for d in args.datasets.split(",") if d.strip()]:
+        rows += run_dataset(args, ds, out)
+    payload = {"rows": rows, "quick": args.quick, "wall_s": time.perf_counter() - t0, "machine": machine_info(),
+               "settings": {k: v for k, v in vars(args).items() if k != "out"}}
+    # the issue's goal: joint reaches the accuracy of (b) in <= 0.5x its wall time
+    for ds in {r["dataset"] for r in rows}:
+        by = {r["arm"]: r for r in rows if r["dataset"] == ds}
+        if "joint" in by and "pretrain_then_sft" in by:
+            j, b = by["joint"], by["pretrain_then_sft"]
+            payload.setdefault("goal", {})[ds] = {
+                "joint_accuracy_minus_b": j["accuracy"] - b["accuracy"],
+                "joint_wall_over_b": j["wall_s"] / b["wall_s"] if b["wall_s"] else None,
+                "met": j["accuracy"] >= b["accuracy"] and j["wall_s"] <= 0.5 * b["wall_s"]}
+    write_json(out / "joint_vs_separate.json", payload)
+    write_markdown(out / "joint_vs_separate.md", "Joint vs separate training", rows,
+                   ["dataset", "arm", "accuracy", "recall_at_5", "wall_s", "flops"])
+    if rows:
+        plot(rows, out / "joint_vs_separate.png")
+    print(f"wrote {out}/joint_vs_separate.json (.md, .png) in {payload['wall_s']:.0f} s")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,24 @@
+"""benchmarks/joint_vs_separate.py --quick runs end to end (tiny random models, demo data)."""
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def test_quick_run_writes_all_arms(tmp_path, tiny_encoder_dir, tiny_reader_dir):
+    r = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "joint_vs_separate.py"), "--quick", "--quiet",
+                        "--out", str(tmp_path), "--datasets", "demo", "--reader", tiny_reader_dir,
+                        "--retriever", tiny_encoder_dir], capture_output=True, text=True, timeout=900)
+    assert r.returncode == 0, r.stderr[-3000:]
+    payload = json.loads((tmp_path / "joint_vs_separate.json").read_text())
+    rows = payload["rows"]
+    assert [row["arm"] for row in rows] == ["sft_closed_book", "pretrain_then_sft", "frozen_rag_sft",
+                                            "separate_rag_sft", "joint"]
+    for row in rows:
+        assert set(row) >= {"dataset", "arm", "accuracy", "recall_at_5", "wall_s", "flops"}
+        assert 0.0 <= row["accuracy"] <= 1.0 and row["wall_s"] > 0 and row["flops"] > 0
+        assert (row["recall_at_5"] is None) == (row["arm"] in ("sft_closed_book", "pretrain_then_sft"))
+    assert (tmp_path / "joint_vs_separate.png").stat().st_size > 1000
+    assert "| joint |" in (tmp_path / "joint_vs_separate.md").read_text().replace("| demo ", "")
