@@ -34,6 +34,11 @@ def test_parse_good_and_lenient_variants():
     assert p.question == "In which condition must velcoran be avoided?"
     assert p.options["B"] == "Cardiogenic shock"
     assert validate_mcq(p, PASSAGE) == ("B", None)
+    # a chat model's preamble and blank lines
+    p = parse_mcq("Sure! Here is a question based on the passage:\n\n" + GOOD.replace("\nA.", "\n\nA."))
+    assert p is not None and validate_mcq(p, PASSAGE) == ("B", None)
+    p = parse_mcq(GOOD.replace("\nA. Dry", "\nOptions:\nA. Dry"))
+    assert p is not None and p.options["A"] == "Dry cough"
     # an answer given as the option text
     p = parse_mcq(GOOD.replace("Answer: B", "Answer: Ankle oedema"))
     assert validate_mcq(p, PASSAGE) == ("B", None)

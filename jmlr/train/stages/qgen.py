@@ -116,14 +116,15 @@ class ParsedMCQ:
 
 _Q = re.compile(r"^\s*(?:\*\*)?(?:question|q)\s*(?:\d+)?\s*[:.)]\s*(?:\*\*)?\s*(.*)$", re.IGNORECASE)
 _OPT = re.compile(r"^\s*(?:\*\*)?[\(\[]?([A-Za-z])(?:[\)\]]|\s*[.:)])(?:\*\*)?\s*(.*)$")
+_OPTIONS_HEADER = re.compile(r"^\s*(?:\*\*)?(?:options|choices)\s*:?\s*(?:\*\*)?\s*$", re.IGNORECASE)
 _ANS = re.compile(r"^\s*(?:\*\*)?(?:correct\s+|final\s+)?answer(?:\s+is)?\s*[:\-]?(?:\*\*)?\s*(.*)$", re.IGNORECASE)
 
 
 def parse_mcq(text: str, assume_question: bool = False) -> ParsedMCQ | None:
     """Parse ``Question: ... / A. .. D. ... / Answer: X`` (``None`` if the text does not follow the format).
 
-    Lenient on what models vary (``A)``, ``(A)``, ``A:``, ``**Answer:** B``, blank lines, a question spread
-    over several lines) and strict on the substance: the question is non-empty, the options are exactly
+    Lenient on what models vary (a preamble before ``Question:``, ``A)``, ``(A)``, ``A:``, ``**Answer:** B``,
+    blank lines, a question spread over several lines) and strict on the substance: the question is non-empty, the options are exactly
     A, B, C, D in that order, each non-empty, and an ``Answer`` line follows them. Text after the answer
     line is ignored.
 
@@ -138,13 +139,11 @@ def parse_mcq(text: str, assume_question: bool = False) -> ParsedMCQ | None:
     q_parts: list[str] = []
     if assume_question:
         lines[0] = "Question: " + lines[0] if lines else "Question:"
-    while i < n and not lines[i].strip():
+    while i < n and not _Q.match(lines[i]):  # skip a preamble ("Here is a question:")
         i += 1
     if i >= n:
         return None
     m = _Q.match(lines[i])
-    if not m:
-        return None
     if m.group(1).strip():
         q_parts.append(m.group(1).strip())
     i += 1
@@ -160,6 +159,9 @@ def parse_mcq(text: str, assume_question: bool = False) -> ParsedMCQ | None:
             continue
         if _ANS.match(ln):
             break
+        if not options and _OPTIONS_HEADER.match(ln):  # "Options:" before the first option
+            i += 1
+            continue
         m = _OPT.match(ln)
         if len(options) == 4:  # after D: a fifth option is an error; other text (an explanation) is skipped
             if m and m.group(1).upper() == "E":
@@ -360,9 +362,11 @@ def generate_questions(reader, passages: Sequence[Passage], per_passage: int = 1
         if do_sample:
             kw.update(temperature=temperature, top_p=top_p)
         torch.manual_seed(seed)
-        # stop at a blank line or when the model starts another passage/question block
+        # plain templates continue the worked example, whose block has no blank line: stop at one, or when the
+        # model starts another passage/question; chat models often space their answer with blank lines
+        stop = ["\nPassage:"] + ([] if reader.template == "chat" else ["\n\n", "\nQuestion:"])
         texts = reader.generate(prompts, max_new_tokens=max_new_tokens, batch_size=batch_size, do_sample=do_sample,
-                                stop=["\n\n", "\nPassage:", "\nQuestion:"], progress=progress, **kw)
+                                stop=stop, progress=progress, **kw)
     else:
         texts = list(generate_fn(prompts))
     if len(texts) != len(prompts):
