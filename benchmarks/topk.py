@@ -152,7 +152,7 @@ def _faiss_index(docs, device):
 
 
 def run(shapes, out_dir: Path, device_name: str = "cpu", repeats: int = 3, threads: int | None = None,
-        mode: str = "custom", command: str = "") -> dict:
+        mode: str = "custom", command: str = "", stream_gib: float = 2.0) -> dict:
     import torch
 
     from benchmarks._report import machine_info, markdown_table, new_figure, write_json, write_markdown
@@ -182,7 +182,7 @@ def run(shapes, out_dir: Path, device_name: str = "cpu", repeats: int = 3, threa
                          "reduced": lambda B: _cpu_kernel(B, torch.empty(1, 1, dtype=torch.bfloat16), feats, None)
                          if ext else "torch"}
     load = [os.getloadavg()[0]] if hasattr(os, "getloadavg") else []
-    bw = [stream_bandwidth(device)]
+    bw = [stream_bandwidth(device, stream_gib)]
     print(f"stream bandwidth: {bw[0] / 1e9:.1f} GB/s", flush=True)
     rows = []
     by_data = itertools.groupby(sorted(shapes, key=lambda s: (s[0], s[1])), key=lambda s: (s[0], s[1]))
@@ -224,7 +224,7 @@ def run(shapes, out_dir: Path, device_name: str = "cpu", repeats: int = 3, threa
             line = "  ".join(f"{m}={best[m]:.4f}s" for m in methods)
             print(f"d={d} N={N:,} B={B} k={k}: {line}", flush=True)
         del docs, stores, index, methods
-    bw.append(stream_bandwidth(device))
+    bw.append(stream_bandwidth(device, stream_gib))
     if load:
         load.append(os.getloadavg()[0])
     stream = max(bw)
@@ -239,7 +239,7 @@ def run(shapes, out_dir: Path, device_name: str = "cpu", repeats: int = 3, threa
     out_dir.mkdir(parents=True, exist_ok=True)
     write_json(out_dir / "topk.json", payload)
     notes = goals_markdown(goals) + (
-        f"\nStream bandwidth (read-only sum over 2 GiB, best of the run): {stream / 1e9:.1f} GB/s. "
+        f"\nStream bandwidth (read-only sum over {stream_gib:g} GiB, best of the run): {stream / 1e9:.1f} GB/s. "
         f"Seconds are the best of {repeats} interleaved rounds. 1-minute load average at start/end: {load} "
         f"(other processes on a shared machine slow OpenMP-heavy methods most). Command: `{command}`\n")
     write_markdown(out_dir / "topk.md", f"Exact top-k ({mode}, {device})", rows, cols, notes)
@@ -327,6 +327,7 @@ def main(argv=None) -> int:
     ap.add_argument("--device", default="cpu", choices=("cpu", "cuda"), help="cpu (default) or cuda")
     ap.add_argument("--repeats", type=int, default=None, help="timed rounds per shape (default 3; 2 with --quick)")
     ap.add_argument("--threads", type=int, default=None, help="torch/faiss threads (default: torch's)")
+    ap.add_argument("--stream-gib", type=float, default=2.0, help="buffer size of the stream-bandwidth sum (GiB)")
     ap.add_argument("--d", help="comma-separated dims (overrides the grid), e.g. 64")
     ap.add_argument("--N", help="comma-separated corpus sizes, e.g. 5000")
     ap.add_argument("--B", help="comma-separated batch sizes")
@@ -347,7 +348,7 @@ def main(argv=None) -> int:
     repeats = args.repeats or (2 if args.quick else 3)
     command = "python benchmarks/topk.py " + " ".join(argv if argv is not None else sys.argv[1:])
     t0 = time.perf_counter()
-    run(shapes, args.out, args.device, repeats, args.threads, mode, command)
+    run(shapes, args.out, args.device, repeats, args.threads, mode, command, args.stream_gib)
     print(f"total {time.perf_counter() - t0:.1f} s")
     return 0
 

@@ -14,7 +14,7 @@ def topk_torch(queries: torch.Tensor, docs: torch.Tensor, k: int, *, scales: tor
                block: int = 16384):
     """Exact top-k of ``queries @ docs.T`` (times ``scales`` per doc row when given), computed in fp32.
 
-    Returns (scores (B, k) float32, indices (B, k) int64, nan_seen: bool). Ties are broken towards the
+    Returns (scores (B, k) float32, indices (B, k) int64, nonfinite_seen: bool). Ties are broken towards the
     smaller index within a block (torch.topk's order across blocks is by score only).
     """
     q = queries.float()  # (B, d)
@@ -27,7 +27,7 @@ def topk_torch(queries: torch.Tensor, docs: torch.Tensor, k: int, *, scales: tor
         s = q @ blk.float().T  # (B, nb)
         if scales is not None:
             s = s * scales[start:start + block].float()
-        if not nan_seen and bool(torch.isnan(s).any()):
+        if not nan_seen and not bool(torch.isfinite(s).all()):
             nan_seen = True
         kk = min(k, s.shape[1])
         s_top, i_top = s.topk(kk, dim=1)  # (B, kk)

@@ -69,7 +69,9 @@ def _build_kernel():
         if HAS_SCALES:
             sc = tl.load(S + offs_n, mask=offs_n < N, other=1.0)
             acc = acc * sc[None, :]
-        nan_count = tl.sum(tl.sum(tl.where(acc != acc, 1, 0), axis=1), axis=0)
+        bad = (acc != acc) | (tl.abs(acc) == float("inf"))  # NaN or +-Inf
+        bad = bad & (offs_n[None, :] < N) & (offs_b[:, None] < B)
+        nan_count = tl.sum(tl.sum(tl.where(bad, 1, 0), axis=1), axis=0)
         if nan_count > 0:
             tl.atomic_add(NAN, nan_count)
         acc = tl.where(offs_n[None, :] < N, acc, float("-inf"))

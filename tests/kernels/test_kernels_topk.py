@@ -189,8 +189,14 @@ def test_errors(backend):
         topk(bad_q, docs, 3, backend=backend)
     bad_d = docs.clone()
     bad_d[13, 2] = float("nan")
-    with pytest.raises(ValueError, match="docs contain NaN.*row 13"):
+    with pytest.raises(ValueError, match="docs contain NaN or Inf.*row 13"):
         topk(q, bad_d, 3, backend=backend)
+    bad_d[13, 2] = float("inf")
+    with pytest.raises(ValueError, match="docs contain NaN or Inf.*row 13"):
+        topk(q, bad_d, 3, backend=backend)
+    bad_q[1, 3] = float("-inf")
+    with pytest.raises(ValueError, match="queries contain NaN or Inf.*row 1"):
+        topk(bad_q, docs, 3, backend=backend)
     with pytest.raises(ValueError, match="scales"):
         topk(q, docs.to(torch.int8), 3, backend=backend)
     with pytest.raises(ValueError, match="rerank_k"):
@@ -202,6 +208,7 @@ def test_errors(backend):
 def test_nan_docs_detected_by_every_cpu_kernel(cpu_features):
     q, docs = torch.randn(3, 64), torch.randn(3000, 64)
     docs[2222, 5] = float("nan")
+    docs[2500, 1] = float("inf")  # the first bad row is named
     kernels = ["stream", "tile", "gemm"] if cpu_features["avx512"] else ["gemm"]
     for kern in kernels:
         with pytest.raises(ValueError, match="row 2222"):

@@ -226,10 +226,10 @@ static inline void filter_tile(const float* out, int Qt, int64_t n, int64_t qb, 
     for (int r = 0; r < R; ++r) {
       float v = out[q * R + r];
       if (scales) v *= scales[n + r];
-      if (st.admits(v, n + r))
-        st.push(v, n + r);
-      else if (v != v)
+      if (!std::isfinite(v))
         nan_seen = true;
+      else if (st.admits(v, n + r))
+        st.push(v, n + r);
     }
   }
 }
@@ -291,10 +291,10 @@ static void stream_range_scalar(const T* D, int64_t ldd, int64_t d, int64_t n0, 
       float acc = 0.f;
       for (int64_t j = 0; j < d; ++j) acc += q[j] * row[j];
       float v = scales ? acc * scales[n] : acc;
-      if (states[b].admits(v, n))
-        states[b].push(v, n);
-      else if (v != v)
+      if (!std::isfinite(v))
         nan_seen = true;
+      else if (states[b].admits(v, n))
+        states[b].push(v, n);
     }
   }
 }
@@ -376,7 +376,7 @@ JMLR_AMX static inline void amx_filter(const float* C, int64_t n, int64_t g, int
   for (int r = 0; r < 16; ++r) {
     __m512 v = _mm512_loadu_ps(C + r * 16);
     if (scales) v = _mm512_mul_ps(v, _mm512_set1_ps(scales[n + r]));
-    nanm |= _mm512_cmp_ps_mask(v, v, _CMP_UNORD_Q);
+    nanm |= _mm512_fpclass_ps_mask(v, 0x99);  // NaN or +-Inf
     __mmask16 m = _mm512_cmp_ps_mask(v, tv, _CMP_GE_OQ);
     if (m) {
       alignas(64) float vs[16];
@@ -512,7 +512,7 @@ JMLR_AVX512 static inline void bcast_filter(const float* out, int rows, int V, i
       __m512 x = _mm512_loadu_ps(out + r * V * 16 + v * 16);
       if (scales) x = _mm512_mul_ps(x, sc);
       const int64_t cb = c0 + 16 * v;
-      nanm |= _mm512_cmp_ps_mask(x, x, _CMP_UNORD_Q);
+      nanm |= _mm512_fpclass_ps_mask(x, 0x99);  // NaN or +-Inf
       __mmask16 m = _mm512_cmp_ps_mask(x, _mm512_loadu_ps(thr + cb), _CMP_GE_OQ);
       if (m) {
         alignas(64) float xs[16];
@@ -597,7 +597,7 @@ JMLR_AVX512 static bool gemm_filter_row_avx512(const float* row, int64_t nb, int
     const __mmask16 lm = j + 16 <= nb ? (__mmask16)0xFFFF : (__mmask16)((1u << (nb - j)) - 1u);
     __m512 v = _mm512_maskz_loadu_ps(lm, row + j);
     if (S) v = _mm512_mul_ps(v, _mm512_maskz_loadu_ps(lm, S + n0 + j));
-    nanm |= _mm512_mask_cmp_ps_mask(lm, v, v, _CMP_UNORD_Q);
+    nanm |= _mm512_mask_fpclass_ps_mask(lm, v, 0x99);  // NaN or +-Inf
     __mmask16 m = _mm512_mask_cmp_ps_mask(lm, v, _mm512_set1_ps(st.thr), _CMP_GE_OQ);
     if (m) {
       alignas(64) float vs[16];
@@ -713,10 +713,10 @@ std::vector<at::Tensor> topk_cpu(const at::Tensor& q, const at::Tensor& docs, co
         } else {
           for (int64_t j = 0; j < nb; ++j) {
             const float v = S ? row[j] * S[n0 + j] : row[j];
-            if (st.admits(v, n0 + j))
-              st.push(v, n0 + j);
-            else if (v != v)
+            if (!std::isfinite(v))
               local_nan = true;
+            else if (st.admits(v, n0 + j))
+              st.push(v, n0 + j);
           }
         }
       }

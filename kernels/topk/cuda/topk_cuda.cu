@@ -73,7 +73,7 @@ __global__ void __launch_bounds__(kThreads) tile_topk_kernel(const float* __rest
       if (lane == qq) v = acc[qq];
     if (S != nullptr) v *= S[n];
     if (lane < nq) {
-      if (v != v) {
+      if (!isfinite(v)) {  // NaN or +-Inf
         atomicOr(nan_flag, 1);
       } else if (filled < k || v > cur_min) {
         const int pos = filled < k ? filled++ : min_pos;
