@@ -188,17 +188,18 @@ def _coerce(value: Any, tp, key: str) -> Any:
     return value
 
 
-def _apply(obj, mapping: dict, prefix: str, where: str) -> None:
+def _apply(obj, mapping: dict, prefix: str, where: str, root=None) -> None:
+    root = root or type(obj)
     hints = _hints(type(obj))
     for k, v in mapping.items():
         key = prefix + str(k)
         if k not in hints:
-            raise _unknown(key, where, all_keys())
+            raise _unknown(key, where, all_keys(root))
         tp = hints[k]
         if _is_dc(tp):
             if not isinstance(v, dict):
                 raise ValueError(f"config section '{key}'{where} must be a mapping, got {v!r}")
-            _apply(getattr(obj, k), v, key + ".", where)
+            _apply(getattr(obj, k), v, key + ".", where, root)
         else:
             setattr(obj, k, _coerce(v, tp, key))
 
@@ -210,7 +211,7 @@ def set_value(cfg: TrainConfig, dotted: str, value: Any) -> None:
     for i, p in enumerate(parts):
         hints = _hints(type(obj))
         if p not in hints:
-            raise _unknown(dotted, "", all_keys())
+            raise _unknown(dotted, "", all_keys(type(cfg)))
         if i == len(parts) - 1:
             if _is_dc(hints[p]):
                 raise ValueError(f"'{dotted}' is a section; set one of its keys, e.g. '{dotted}."
@@ -218,7 +219,7 @@ def set_value(cfg: TrainConfig, dotted: str, value: Any) -> None:
             setattr(obj, p, _coerce(value, hints[p], dotted))
         else:
             if not _is_dc(hints[p]):
-                raise _unknown(dotted, "", all_keys())
+                raise _unknown(dotted, "", all_keys(type(cfg)))
             obj = getattr(obj, p)
 
 
