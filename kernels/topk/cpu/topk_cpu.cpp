@@ -243,7 +243,6 @@ JMLR_AVX512 static void stream_range(const T* D, int64_t ldd, int64_t d, int64_t
   int64_t n = n0;
   for (; n + 8 <= n1; n += 8) {
     const T* Dn = D + n * ldd;
-    _mm_prefetch((const char*)(Dn + 16 * ldd), _MM_HINT_T0);
     int64_t qb = 0;
     for (; qb + 4 <= B; qb += 4) {
       dot_tile<T, 4, 4>(Dn, ldd, Qm + qb * d, d, d, out);
@@ -414,11 +413,6 @@ JMLR_AMX static void amx_range(const T* D, int64_t ldd, int64_t d, int64_t n0, i
     if (in_place) {
       A = (const uint16_t*)(D + n * ldd);
       lda = ldd * 2;
-      // pull the next 32-row block toward L2 while the tiles work on this one
-      const char* nxt = (const char*)(D + (n + 32) * ldd);
-      if (n + 64 <= n1)
-        for (int64_t r = 0; r < 32; ++r)
-          for (int64_t c = 0; c < d * 2; c += 256) _mm_prefetch(nxt + r * ldd * 2 + c, _MM_HINT_T1);
     } else {
       to_bf16_rows<T>(D + n * ldd, ldd, d, 32, abuf.data(), dpad);
       A = abuf.data();
