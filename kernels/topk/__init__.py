@@ -103,7 +103,11 @@ def _cpu_kernel(B: int, storage: torch.Tensor, feats: dict, requested: str | Non
 
 @torch.no_grad()
 def _candidates(queries, storage, scales, kk, backend, device, cpu_kernel, block):
-    """(scores, idx, approximate) of the kk best rows of ``storage`` by the chosen backend."""
+    """(scores, idx, nonfinite_seen, approximate) for the kk best rows of ``storage`` by the chosen backend.
+
+    ``approximate`` is True when the pass used reduced-precision arithmetic (AMX-bf16, GPU tensor cores), so
+    its candidates must be reranked exactly.
+    """
     if backend == "auto":
         if device.type == "cpu":
             from .cpu_backend import load_extension
@@ -152,8 +156,10 @@ def _candidates(queries, storage, scales, kk, backend, device, cpu_kernel, block
     if backend == "cuda":
         from . import cuda_backend
 
+        if device.type != "cuda":
+            raise ValueError(f"backend='cuda' needs CUDA tensors, got {device}")
         s, i, nan = cuda_backend.topk_cuda(queries, storage, kk, scales=scales)
-        return s, i, nan, storage.dtype != torch.float32
+        return s, i, nan, False  # fp32 accumulation of the stored values: exact for them
     if backend == "reference":
         src = storage.float() if scales is None else storage.float() * scales.float()[:, None]
         s, i = topk_reference(queries, src, kk)

@@ -226,6 +226,8 @@ def test_bad_options(cpu_features):
         topk(q, docs, 3, backend="cpu", cpu_kernel="fast")
     with pytest.raises(ValueError, match="amx"):
         topk(q, docs, 3, backend="cpu", cpu_kernel="amx")  # fp32 storage (or no AMX)
+    with pytest.raises(ValueError, match="needs CUDA tensors"):
+        topk(q, docs, 3, backend="cuda")
     with pytest.raises(ValueError, match="inside QuantizedDocs"):
         topk(q, quantize(docs, "int8"), 3, scales=torch.ones(20))
 
