@@ -78,7 +78,7 @@ class ExactIndex(BaseIndex):
         return idx
 
     def _add_vectors(self, x: np.ndarray) -> None:
-        self._pending.append(x)
+        self._pending.append(x.copy())  # the caller's array or tensor may change after add()
 
     def _convert(self, x):
         """float32 torch rows -> (storage rows, scales or None)."""
@@ -125,6 +125,18 @@ class ExactIndex(BaseIndex):
         """Per-row scales ``(N,)`` of int8 storage, else None."""
         self._materialize()
         return self._scales
+
+    def vectors(self, positions):
+        """Stored rows at ``positions`` (any shape of row numbers, ``-1`` gives zeros) as float32 ``(..., d)``."""
+        import torch
+
+        pos = torch.as_tensor(np.asarray(positions.cpu() if hasattr(positions, "cpu") else positions), dtype=torch.long)
+        docs = self.embeddings
+        rows = docs[pos.clamp_min(0).reshape(-1).to(docs.device)].float()  # (n, d)
+        if self.scales is not None:
+            rows = rows * self.scales[pos.clamp_min(0).reshape(-1).to(docs.device)].float()[:, None]
+        rows[(pos.reshape(-1) < 0).to(rows.device)] = 0
+        return rows.reshape(*pos.shape, self.dim).cpu()
 
     def _search(self, x: np.ndarray, k: int):
         import torch

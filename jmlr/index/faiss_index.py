@@ -236,6 +236,25 @@ class FaissIndex(BaseIndex):
             result = self._index.search(x, k)
         return use_blas, result
 
+    def vectors(self, positions):
+        """Stored rows at ``positions`` (``-1`` gives zeros) as float32 ``(..., d)``; decoded (approximate) for
+        quantised kinds. IVF kinds build their id -> list map on first use."""
+        import torch
+
+        pos = np.asarray(positions.cpu() if hasattr(positions, "cpu") else positions, dtype=np.int64)
+        flat = pos.reshape(-1)
+        out = np.zeros((flat.size, self.dim), dtype=np.float32)
+        ok = flat >= 0
+        if ok.any():
+            faiss = _faiss()
+            idx = faiss.index_gpu_to_cpu(self._index) if self._on_gpu else self._index
+            if self.index_type in ("ivf", "ivfpq"):
+                ivf = faiss.extract_index_ivf(idx)
+                if ivf.direct_map.type == faiss.DirectMap.NoMap:
+                    ivf.make_direct_map()
+            out[ok] = idx.reconstruct_batch(flat[ok])
+        return torch.from_numpy(out.reshape(*pos.shape, self.dim))
+
     # ------------------------------------------------------------------ persistence
     def _save_payload(self, folder: Path) -> None:
         faiss = _faiss()

@@ -264,7 +264,7 @@ class DualEncoder(nn.Module):
                    max_length=max_length,
                    query_prefix=saved.get("query_prefix", "") if query_prefix is None else query_prefix,
                    doc_prefix=saved.get("doc_prefix", "") if doc_prefix is None else doc_prefix,
-                   name_or_path=saved.get("name_or_path") or str(name_or_path))
+                   name_or_path=str(name_or_path))
         if shared is False and dual.shared:
             dual.untie()
         elif shared is True and not dual.shared:

@@ -203,3 +203,19 @@ def test_blas_threshold_is_measured_and_cached(small, monkeypatch):
     assert (thr <= 17 * 48) == use_blas, "the threshold sends this batch down the measured path"
     idx.search(q[:3], 5)
     assert calls == [(17, 48), (3, 48)]
+
+
+@pytest.mark.parametrize("spec", [("exact", {}), ("exact", {"dtype": "float16"}), ("flat", {}), ("hnsw", {}),
+                                  ("ivf", {})])
+def test_vectors_gives_back_the_stored_rows(small, spec):
+    kind, kw = spec
+    ids, docs, _ = small
+    idx = make_index(kind, 48, **kw)
+    idx.add(ids, docs)
+    pos = torch.tensor([[5, 0], [2999, -1]])
+    got = idx.vectors(pos)
+    assert got.shape == (2, 2, 48) and got.dtype == torch.float32
+    want = torch.from_numpy(docs[[5, 0, 2999]])
+    tol = 1e-3 if kw.get("dtype") == "float16" else 1e-6
+    torch.testing.assert_close(got.reshape(-1, 48)[:3], want, atol=tol, rtol=tol)
+    assert (got[1, 1] == 0).all()
