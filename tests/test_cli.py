@@ -64,3 +64,11 @@ def test_unbuilt_capability_exits_nonzero_and_says_so(capsys):
     args = parser.parse_args(["future"])
     assert args.func(args) != 0
     assert "not built yet" in capsys.readouterr().err
+
+
+def test_public_imports():
+    from jmlr import Corpus, DualEncoder, JointTrainer, Reader, TrainConfig, load_qa  # noqa: F401
+    import jmlr
+
+    for name in jmlr.__all__:
+        assert getattr(jmlr, name) is not None

@@ -1,0 +1,45 @@
+"""Every example script runs in quick mode (tiny random models stand in for the bundled ones)."""
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+SCRIPTS = ["train_medqa.py", "by_feature/lora.py", "by_feature/jmlr_rank_loss.py", "by_feature/refresh_schedule.py"]
+
+
+def _last_json(stdout: str) -> dict:
+    return json.loads([line for line in stdout.splitlines() if line.startswith("{")][-1])
+
+
+@pytest.mark.parametrize("script", SCRIPTS)
+def test_example_runs_quick(script, tmp_path, tiny_encoder_dir, tiny_reader_dir):
+    r = subprocess.run([sys.executable, str(ROOT / "examples" / script), "--quick", "--out", str(tmp_path / "run"),
+                        "--retriever", tiny_encoder_dir, "--reader", tiny_reader_dir],
+                       capture_output=True, text=True, timeout=900, cwd=ROOT)
+    assert r.returncode == 0, r.stderr[-3000:]
+    out = _last_json(r.stdout)
+    assert 0.0 <= out["test_accuracy"] <= 1.0 and out["final_loss"] == out["final_loss"]
+    assert (tmp_path / "run" / "summary.json").is_file()
+    if script.endswith("refresh_schedule.py"):
+        assert out["index_version"] >= 2  # the schedule refreshed at steps 2 and 4, then the final refresh
+    if script.endswith("lora.py"):
+        assert "LoRA:" in r.stdout
+
+
+@pytest.mark.distributed
+def test_distributed_example_runs_on_two_ranks(tmp_path, tiny_encoder_dir, tiny_reader_dir):
+    torchrun = shutil.which("torchrun", path=str(Path(sys.executable).parent)) or shutil.which("torchrun")
+    if torchrun is None:
+        pytest.skip("torchrun is not installed next to this Python")
+    r = subprocess.run([torchrun, "--nproc_per_node", "2", "--master_port", "29541",
+                        str(ROOT / "examples" / "by_feature" / "distributed.py"), "--quick", "--out",
+                        str(tmp_path / "run"), "--retriever", tiny_encoder_dir, "--reader", tiny_reader_dir],
+                       capture_output=True, text=True, timeout=900, cwd=ROOT,
+                       env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert "rank 0/2" in r.stdout and "rank 1/2" in r.stdout
