@@ -44,6 +44,7 @@ def parse_args(argv=None):
     p.add_argument("--refreshes", type=int, default=2, help="refreshes per run (default 2)")
     p.add_argument("--batch", type=int, default=None, help="questions per step (default 8 quick, 16 full)")
     p.add_argument("--max-length", type=int, default=None, help="tokens per passage (default 32 quick, 128 full)")
+    p.add_argument("--encoder", default="minilm", help="doc/query encoder (default minilm)")
     p.add_argument("--workers", default="thread,process", help="async worker kinds to run (default thread,process)")
     p.add_argument("--worker-threads", type=int, default=1, help="intra-op threads of the background worker")
     p.add_argument("--main-threads", type=int, default=None,
@@ -56,6 +57,8 @@ def parse_args(argv=None):
     args.max_length = args.max_length or (32 if args.quick else 128)
     if args.passages < 5000:
         print(f"note: --passages {args.passages} is below the 5,000 the benchmark is specified for", file=sys.stderr)
+    if args.every < 1 or args.refreshes < 1:
+        p.error("--every and --refreshes must be >= 1")
     return args
 
 
@@ -111,7 +114,7 @@ def run(mode: str, args, ids, texts) -> dict:
     rng = np.random.default_rng(args.seed)
     R, n_ref = args.every, args.refreshes
     steps = (n_ref + 1) * R
-    dual = DualEncoder.from_pretrained("minilm", max_length=args.max_length)
+    dual = DualEncoder.from_pretrained(args.encoder, max_length=args.max_length)
     queries = [" ".join(t.split()[:12]) for t in texts]
     pos = {c: j for j, c in enumerate(ids)}
     policy = "never" if mode == "sync" else Capped(EveryN(R), n_ref)
@@ -217,10 +220,10 @@ def main(argv=None) -> int:
         "sync_stall_s": sync["stall_s"], "async_stall_s": head["stall_s"],
         "stall_ratio": head["stall_s"] / sync["stall_s"],
         "sync_wall_s": sync["wall_s"], "async_wall_s": head["wall_s"],
-        "refreshes": {"sync": sync["refreshes"], "async": head["refreshes"]},
+        "refreshes": sync["refreshes"], "async_refreshes": head["refreshes"],
         "async_worker": head["mode"],
         "variants": {r["mode"]: {k: v for k, v in r.items() if not k.endswith("_per_step")} for r in runs},
-        "config": {"passages": len(ids), "source": source, "model": "minilm", "max_length": args.max_length,
+        "config": {"passages": len(ids), "source": source, "model": args.encoder, "max_length": args.max_length,
                    "batch": args.batch, "every": args.every, "refreshes": args.refreshes,
                    "steps": (args.refreshes + 1) * args.every, "worker_threads": args.worker_threads,
                    "main_threads": torch.get_num_threads(), "encode_autocast": "bfloat16", "quick": args.quick},
@@ -233,7 +236,7 @@ def main(argv=None) -> int:
              "stall_vs_sync": r["stall_s"] / sync["stall_s"], "wall_s": r["wall_s"], "step_s": r["step_s_mean"],
              "step_s_while_refreshing": r["step_s_mean_while_refreshing"],
              "encode_s_per_refresh": float(sum(r["encode_s"]) / max(1, len(r["encode_s"])))} for r in runs]
-    notes = (f"{len(ids)} passages ({source}), MiniLM max_length {args.max_length}, batch {args.batch}, refresh every "
+    notes = (f"{len(ids)} passages ({source}), {args.encoder} max_length {args.max_length}, batch {args.batch}, refresh every "
              f"{args.every} steps, {(args.refreshes + 1) * args.every} steps per run; encoding under bf16 autocast; "
              f"background worker {args.worker_threads} thread(s), training thread {torch.get_num_threads()}.\n"
              f"stall = time inside the refresh calls (sync: the whole re-encode; async: snapshot + swap, plus any "

@@ -238,13 +238,15 @@ class AsyncRefresher:
         batch_size, autocast_dtype: encoding batch size and CPU autocast dtype (e.g. ``"bfloat16"``).
         probe_size, probe_k, probe_queries: the staleness probe (passages, k, optional query texts).
         index: an already built index for the current weights (else one is built now, synchronously).
+        start_step: the step the index is fresh at (set it when resuming, so that no refresh is due at once).
     """
 
     def __init__(self, dual, corpus, *, policy="every:1000", index_type: str = "exact",
                  index_kwargs: dict[str, Any] | None = None, index_factory: Callable[[int], Any] | None = None,
                  worker: str = "thread", worker_threads: int | None = None, batch_size: int = 64,
                  autocast_dtype: str | None = None, probe_size: int = 256, probe_k: int = 10,
-                 probe_queries: Sequence[str] | None = None, seed: int = 0, index=None, progress: bool = False):
+                 probe_queries: Sequence[str] | None = None, seed: int = 0, index=None, start_step: int = 0,
+                 progress: bool = False):
         import torch
 
         if worker not in ("thread", "process"):
@@ -265,7 +267,7 @@ class AsyncRefresher:
         self.autocast_dtype = autocast_dtype
         self.probe_k = int(probe_k)
         self.progress = progress
-        self.last_trigger_step = 0
+        self.last_trigger_step = int(start_step)
 
         rng = np.random.default_rng(seed)
         n = len(self.ids)
