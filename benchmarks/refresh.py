@@ -236,8 +236,8 @@ def main(argv=None) -> int:
              "stall_vs_sync": r["stall_s"] / sync["stall_s"], "wall_s": r["wall_s"], "step_s": r["step_s_mean"],
              "step_s_while_refreshing": r["step_s_mean_while_refreshing"],
              "encode_s_per_refresh": float(sum(r["encode_s"]) / max(1, len(r["encode_s"])))} for r in runs]
-    notes = (f"{len(ids)} passages ({source}), {args.encoder} max_length {args.max_length}, batch {args.batch}, refresh every "
-             f"{args.every} steps, {(args.refreshes + 1) * args.every} steps per run; encoding under bf16 autocast; "
+    notes = (f"{len(ids)} passages ({source}), {args.encoder} max_length {args.max_length}, batch {args.batch}, "
+             f"refresh every {args.every} steps, {(args.refreshes + 1) * args.every} steps per run; encoding under bf16 autocast; "
              f"background worker {args.worker_threads} thread(s), training thread {torch.get_num_threads()}.\n"
              f"stall = time inside the refresh calls (sync: the whole re-encode; async: snapshot + swap, plus any "
              f"final wait). stall_ratio (async {head['mode']} / sync) = {result['stall_ratio']:.4f}.\n"

@@ -159,7 +159,7 @@ def _query_side(index, encoder_name: str | None, force: bool):
     return encoder
 
 
-def _encode_queries(index, encoder, texts, batch_size=64, progress=False):
+def _encode_queries(encoder, texts, batch_size=64, progress=False):
     if encoder is None:
         return list(texts)
     return encoder.encode_queries(list(texts), batch_size=batch_size, progress=progress)
@@ -171,7 +171,7 @@ def cmd_search(args) -> int:
 
     index = load_index(args.index)
     encoder = _query_side(index, args.encoder, args.force)
-    scores, ids = index.search(_encode_queries(index, encoder, args.query), args.k)
+    scores, ids = index.search(_encode_queries(encoder, args.query), args.k)
     corpus = None
     cpath = args.corpus or index.info.get("corpus_path")
     if cpath and Path(cpath).exists():
@@ -228,7 +228,7 @@ def cmd_eval_retrieval(args) -> int:
                          "(expected e.g. MedMCQA with 'exp' or PubMedQA)")
     index = load_index(args.index)
     encoder = _query_side(index, args.encoder, args.force)
-    queries = _encode_queries(index, encoder, [ex.question for ex in with_gold], args.batch_size, progress=True)
+    queries = _encode_queries(encoder, [ex.question for ex in with_gold], args.batch_size, progress=True)
     metrics = evaluate_index(index, queries, [ex.gold_passage_ids for ex in with_gold], ks=ks)
     metrics.update(skipped_without_gold=len(examples) - len(with_gold) if not args.limit else None,
                    index=str(args.index), data=str(args.data), format=args.format)

@@ -259,10 +259,8 @@ class FaissIndex(BaseIndex):
     def _save_payload(self, folder: Path) -> None:
         faiss = _faiss()
         idx = self._index
-        if idx is None:
-            idx = self._make(0) if self.index_type in ("flat", "hnsw", "sq16") else None
-        if idx is None:
-            (folder / INDEX_NAME).write_bytes(b"")  # an untrained, empty index
+        if idx is None:  # a trained kind that has seen no vectors yet
+            (folder / INDEX_NAME).write_bytes(b"")
             return
         if self._on_gpu:
             idx = faiss.index_gpu_to_cpu(idx)

@@ -13,7 +13,8 @@ from typing import Callable, Mapping
 import numpy as np
 
 
-def _text_lookup(corpus) -> Callable[[object], str]:
+def text_lookup(corpus) -> Callable[[object], str]:
+    """id -> text from a callable, a dict, a Corpus or an ``(ids, texts)`` pair."""
     if callable(corpus):
         return corpus
     if isinstance(corpus, Mapping):
@@ -34,7 +35,7 @@ def rescore(dual, q_emb, cand_ids: np.ndarray, text_of, *, grad: bool = True):
     """
     import torch
 
-    lookup = _text_lookup(text_of)
+    lookup = text_lookup(text_of)
     cand_ids = np.asarray(cand_ids, dtype=object)
     B, K = cand_ids.shape
     valid = np.array([[c is not None and not (isinstance(c, (int, np.integer)) and c < 0) for c in row]
@@ -69,7 +70,7 @@ class RerankSearcher:
         self.index = index
         self.dual = dual
         self.overfetch = int(overfetch)
-        self._text_of = _text_lookup(corpus)
+        self._text_of = text_lookup(corpus)
 
     def search(self, queries, k: int, *, grad: bool = False):
         """``queries``: texts or query embeddings ``(B, d)``. Returns ``(scores (B, k), ids (B, k))``."""

@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -122,7 +121,3 @@ class BM25Index(BaseIndex):
         idx._tokenizer = Tokenizer(stopwords=idx.stopwords, stemmer=_stemmer(idx.stemmer))
         idx._tokenizer.load_vocab(str(folder / _TOKENIZER_DIR))
         return idx
-
-    def save(self, directory: str | os.PathLike) -> Path:
-        """Write the BM25 index, its vocabulary and the texts atomically."""
-        return super().save(directory)

@@ -138,9 +138,9 @@ def mine_hard_negatives(dual, index, queries: Sequence[str], positive_ids: Seque
     ``text_of`` maps an id to its text (callable, dict or Corpus). ``skip_top`` ignores the very top ranks
     (often unlabelled positives). Returns ``n`` negative texts per query.
     """
-    from jmlr.index.rerank import _text_lookup
+    from jmlr.index.rerank import text_lookup
 
-    lookup = _text_lookup(text_of)
+    lookup = text_lookup(text_of)
     q = dual.encode_queries(list(queries), batch_size=batch_size, progress=False)  # (Q, d)
     _, ids = index.search(q, depth)  # (Q, depth)
     out = []

@@ -289,7 +289,8 @@ class DualEncoder(nn.Module):
             if self.shared:
                 self.query_model.save_pretrained(tmp)
                 self.tokenizer.save_pretrained(tmp)
-                _write_st_layout(tmp, self)
+                write_sentence_transformers_layout(tmp, dim=self.dim, pooling=self.pooling,
+                                                   normalize=self.normalize, max_length=self.max_length)
             else:
                 self.query_model.save_pretrained(tmp / "query")
                 self.doc_model.save_pretrained(tmp / "doc")
@@ -406,22 +407,24 @@ class DualEncoder(nn.Module):
                 f"normalize={self.normalize}, max_length={self.max_length}, dim={self.dim}")
 
 
-def _write_st_layout(folder: Path, dual: DualEncoder) -> None:
-    """Write the sentence-transformers module files for a shared-weights encoder."""
+def write_sentence_transformers_layout(folder: str | os.PathLike, *, dim: int, pooling: str, normalize: bool,
+                                       max_length: int) -> None:
+    """Write the sentence-transformers module files (Transformer at the root, Pooling, optional Normalize)."""
+    folder = Path(folder)
     modules = [{"idx": 0, "name": "0", "path": "", "type": "sentence_transformers.models.Transformer"},
                {"idx": 1, "name": "1", "path": "1_Pooling", "type": "sentence_transformers.models.Pooling"}]
-    if dual.normalize:
+    if normalize:
         modules.append({"idx": 2, "name": "2", "path": "2_Normalize",
                         "type": "sentence_transformers.models.Normalize"})
         (folder / "2_Normalize").mkdir(exist_ok=True)
     (folder / "modules.json").write_text(json.dumps(modules, indent=2))
     (folder / "sentence_bert_config.json").write_text(
-        json.dumps({"max_seq_length": dual.max_length, "do_lower_case": False}, indent=2))
+        json.dumps({"max_seq_length": max_length, "do_lower_case": False}, indent=2))
     (folder / "1_Pooling").mkdir(exist_ok=True)
     (folder / "1_Pooling" / "config.json").write_text(json.dumps({
-        "word_embedding_dimension": dual.dim,
-        "pooling_mode_cls_token": dual.pooling == "cls",
-        "pooling_mode_mean_tokens": dual.pooling == "mean",
+        "word_embedding_dimension": dim,
+        "pooling_mode_cls_token": pooling == "cls",
+        "pooling_mode_mean_tokens": pooling == "mean",
         "pooling_mode_max_tokens": False,
         "pooling_mode_mean_sqrt_len_tokens": False,
     }, indent=2))

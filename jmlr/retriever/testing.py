@@ -6,7 +6,6 @@
 """
 from __future__ import annotations
 
-import json
 import random
 from pathlib import Path
 
@@ -57,19 +56,10 @@ def tiny_encoder_dir(path, *, hidden_size: int = 32, num_layers: int = 2, num_he
     model = BertModel(cfg, add_pooling_layer=False)
     model.save_pretrained(path)
     if sentence_transformers:
-        modules = [{"idx": 0, "name": "0", "path": "", "type": "sentence_transformers.models.Transformer"},
-                   {"idx": 1, "name": "1", "path": "1_Pooling", "type": "sentence_transformers.models.Pooling"}]
-        if normalize:
-            modules.append({"idx": 2, "name": "2", "path": "2_Normalize",
-                            "type": "sentence_transformers.models.Normalize"})
-            (path / "2_Normalize").mkdir(exist_ok=True)
-        (path / "modules.json").write_text(json.dumps(modules))
-        (path / "sentence_bert_config.json").write_text(json.dumps({"max_seq_length": max_length}))
-        (path / "1_Pooling").mkdir(exist_ok=True)
-        (path / "1_Pooling" / "config.json").write_text(json.dumps({
-            "word_embedding_dimension": hidden_size, "pooling_mode_cls_token": pooling == "cls",
-            "pooling_mode_mean_tokens": pooling == "mean", "pooling_mode_max_tokens": False,
-            "pooling_mode_mean_sqrt_len_tokens": False}))
+        from .dual_encoder import write_sentence_transformers_layout
+
+        write_sentence_transformers_layout(path, dim=hidden_size, pooling=pooling, normalize=normalize,
+                                           max_length=max_length)
     return path
 
 

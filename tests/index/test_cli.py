@@ -50,7 +50,8 @@ def test_search_refuses_another_encoder(files, tmp_path, capsys):
 
     root, enc = files
     out = root / "idx-flat2"
-    main(["index", "build", "--corpus", str(root / "corpus.jsonl"), "--encoder", str(enc), "--out", str(out), "--quiet"])
+    assert main(["index", "build", "--corpus", str(root / "corpus.jsonl"), "--encoder", str(enc), "--out", str(out),
+                 "--quiet"]) == 0
     other = tiny_encoder_dir(tmp_path / "other", seed=5)
     assert main(["index", "search", "--index", str(out), "--query", "fever", "--encoder", str(other)]) == 2
     assert "fingerprint" in capsys.readouterr().err

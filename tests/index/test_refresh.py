@@ -4,7 +4,6 @@ import copy
 import threading
 from types import SimpleNamespace
 
-import numpy as np
 import pytest
 import torch
 
