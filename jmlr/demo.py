@@ -57,6 +57,8 @@ def run_demo(quick: bool = False, out: str = "runs/demo", overrides: list[str] |
           f"loss={cfg.loss.name} steps={cfg.optim.steps} K={cfg.index.top_k} -> {out_dir}", flush=True)
     trainer = JointTrainer.from_config(cfg)
     _, _, test, _ = load_data(cfg)
+    if quick:
+        trainer.dev_data = []  # quick mode: only the held-out test evaluations below
     trainer.setup()
     closed = trainer.evaluate(test, split="test", retrieval=False)
     frozen = trainer.evaluate(test, split="test")
