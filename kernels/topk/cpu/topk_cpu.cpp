@@ -241,6 +241,35 @@ JMLR_AVX512 static void stream_range(const T* D, int64_t ldd, int64_t d, int64_t
                                      int64_t B, const float* scales, TopK* states, bool& nan_seen) {
   float out[32];
   int64_t n = n0;
+  if (B == 1 && !std::is_same<T, float>::value) {
+    // one query over reduced storage: each row start to end with 4 independent accumulators, a single
+    // sequential stream (measured 20-30% faster than the 8-row tile for bf16/fp16/int8; for fp32 the
+    // 8-row tile is as fast as MKL's sgemv)
+    TopK& st = states[0];
+    for (; n < n1; ++n) {
+      const T* row = D + n * ldd;
+      __m512 a0 = _mm512_setzero_ps(), a1 = _mm512_setzero_ps(), a2 = _mm512_setzero_ps(), a3 = _mm512_setzero_ps();
+      int64_t j = 0;
+      for (; j + 64 <= d; j += 64) {
+        a0 = _mm512_fmadd_ps(Ld<T>::full(row + j), _mm512_loadu_ps(Qm + j), a0);
+        a1 = _mm512_fmadd_ps(Ld<T>::full(row + j + 16), _mm512_loadu_ps(Qm + j + 16), a1);
+        a2 = _mm512_fmadd_ps(Ld<T>::full(row + j + 32), _mm512_loadu_ps(Qm + j + 32), a2);
+        a3 = _mm512_fmadd_ps(Ld<T>::full(row + j + 48), _mm512_loadu_ps(Qm + j + 48), a3);
+      }
+      for (; j + 16 <= d; j += 16) a0 = _mm512_fmadd_ps(Ld<T>::full(row + j), _mm512_loadu_ps(Qm + j), a0);
+      if (j < d) {
+        const __mmask16 m = (__mmask16)((1u << (d - j)) - 1u);
+        a1 = _mm512_fmadd_ps(Ld<T>::part(row + j, m), _mm512_maskz_loadu_ps(m, Qm + j), a1);
+      }
+      float v = _mm512_reduce_add_ps(_mm512_add_ps(_mm512_add_ps(a0, a1), _mm512_add_ps(a2, a3)));
+      if (scales) v *= scales[n];
+      if (!std::isfinite(v))
+        nan_seen = true;
+      else if (st.admits(v, n))
+        st.push(v, n);
+    }
+    return;
+  }
   for (; n + 8 <= n1; n += 8) {
     const T* Dn = D + n * ldd;
     int64_t qb = 0;
