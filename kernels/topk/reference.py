@@ -11,8 +11,8 @@ def topk_reference(queries: torch.Tensor, docs: torch.Tensor, k: int, block: int
     """
     q = queries.float()
     B, N = q.shape[0], docs.shape[0]
-    best_s = torch.full((B, 0), float("-inf"))
-    best_i = torch.empty((B, 0), dtype=torch.long)
+    best_s = torch.full((B, 0), float("-inf"), device=q.device)
+    best_i = torch.empty((B, 0), dtype=torch.long, device=q.device)
     for start in range(0, N, block):
         s = q @ docs[start:start + block].float().T  # (B, n_blk)
         kk = min(k, s.shape[1])

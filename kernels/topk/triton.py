@@ -125,9 +125,11 @@ def topk_triton(queries: torch.Tensor, docs: torch.Tensor, k: int, *, scales: to
     if interpret:
         bb, bn, bd = block_b or 16, block_n or 32, block_d or 32
     else:
-        bb = block_b or (16 if B <= 16 else 32)
+        # untuned guesses (no GPU was available while writing this): ~8x more docs per tile than candidates
+        # kept, and a (BLOCK_B, BLOCK_N) int64 selection that stays within a program's registers
+        bn = block_n or max(128, min(1024, 8 * _next_pow2(k)))
+        bb = block_b or (32 if (B > 16 and bn <= 256) else 16)
         bd = block_d or 64
-        bn = block_n or max(256, min(2048, 8 * _next_pow2(k)))
     bb, bn, bd = max(16, _next_pow2(bb)), max(16, _next_pow2(bn)), max(16, _next_pow2(bd))
     kk_tile = min(_next_pow2(k), bn)
     n_tiles = (N + bn - 1) // bn
