@@ -39,7 +39,9 @@ CPU_KERNELS = ("stream", "tile", "gemm", "amx")
 
 # Shape thresholds of the CPU dispatch, measured on a 2-core AVX-512/AMX Xeon (see docs/kernels.md).
 STREAM_MAX_B = 4  # up to this batch the streaming kernel (memory-bound); above it the tile kernel (compute-bound)
-AMX_MIN_B = 2  # reduced storage: AMX-bf16 candidate pass from this batch on (at B=1 the stream kernel wins)
+# reduced storage: the AMX-bf16 candidate pass from this batch on; below it the stream kernel reads the rows
+# faster (bf16 rows feed the tiles in place; fp16/int8 rows must be converted first)
+AMX_MIN_B = {torch.bfloat16: 1, torch.float16: 4, torch.int8: 8}
 
 _warned: set[str] = set()
 
@@ -96,7 +98,7 @@ def _cpu_kernel(B: int, storage: torch.Tensor, feats: dict, requested: str | Non
         return requested
     if not feats.get("avx512"):
         return "gemm"
-    if storage.dtype != torch.float32 and feats.get("amx_bf16") and B >= AMX_MIN_B:
+    if storage.dtype != torch.float32 and feats.get("amx_bf16") and B >= AMX_MIN_B[storage.dtype]:
         return "amx"
     return "stream" if B <= STREAM_MAX_B else "tile"
 
