@@ -260,7 +260,8 @@ def test_dispatch_by_shape_and_dtype():
     i8, f16 = torch.empty(1, 1, dtype=torch.int8), torch.empty(1, 1, dtype=torch.float16)
     assert tk._cpu_kernel(1, bf, full, None) == "amx"  # bf16 rows feed the AMX tiles in place
     assert tk._cpu_kernel(1, i8, full, None) == "stream"  # int8 / fp16 rows would need a conversion first
-    assert tk._cpu_kernel(tk.AMX_MIN_B[torch.int8] - 1, i8, full, None) == "stream"
+    assert tk._cpu_kernel(tk.STREAM_MAX_B, i8, full, None) == "stream"
+    assert tk._cpu_kernel(tk.AMX_MIN_B[torch.int8] - 1, i8, full, None) == "tile"
     assert tk._cpu_kernel(tk.AMX_MIN_B[torch.int8], i8, full, None) == "amx"
     assert tk._cpu_kernel(tk.AMX_MIN_B[torch.float16], f16, full, None) == "amx"
     assert tk._cpu_kernel(256, bf, full, None) == "amx"
