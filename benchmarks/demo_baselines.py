@@ -3,18 +3,20 @@
 * Retrieval: off-the-shelf all-MiniLM-L6-v2 (``resolve("minilm")``), query = question text, document =
   "title. text", cosine similarity, exact search over the whole demo corpus. Recall@1/5/20 and MRR@10 on
   each split (a question has exactly one gold passage).
-* Reader: SmolLM2-135M-Instruct (``resolve("smollm2-135m")``, bf16) answers the test MCQs by comparing the
-  next-token logits of " A", " B", " C", " D" after the prompt
-  ``Question: ...\\nA. ...\\nB. ...\\nC. ...\\nD. ...\\nAnswer:``.
-  - closed-book: the prompt alone (the facts are invented, so this should sit near chance, 0.25);
-  - oracle: the gold passage is put before the question (``Context: title. text``), an upper bound on
-    what retrieval can give this reader;
-  - retrieved@1: the top-1 minilm passage instead of the gold one (what off-the-shelf RAG gives).
-  Also reported for each: the share of answers per letter (a letter-biased reader shows up here).
+* Reader: SmolLM2-135M-Instruct (``resolve("smollm2-135m")``, bf16) on the test MCQs, in three settings:
+  - closed_book: no passage (the facts are invented, so this should sit near chance, 0.25);
+  - oracle: the gold passage before the question (``Context: title. text``), the most that retrieval can
+    give this reader;
+  - retrieved@1: minilm's top-1 passage instead (what off-the-shelf RAG gives);
+  and two answer protocols:
+  - letter: the plain prompt ``Question: ...\\nA. ...\\nB. ...\\nC. ...\\nD. ...\\nAnswer:``, argmax of the
+    next-token logits of " A", " B", " C", " D" (the share of answers per letter shows a letter bias);
+  - cloze: the chat template with the question (and context) but no option list; each option text is
+    scored as the assistant's reply, argmax of its summed log-probability.
 
 Usage::
 
-    HF_HUB_OFFLINE=1 python benchmarks/demo_baselines.py --out benchmarks/results/demo_baselines
+    HF_HUB_OFFLINE=1 python benchmarks/demo_baselines.py --out runs/bench/demo_baselines
 
 Writes ``demo_baselines.json`` and ``demo_baselines.md`` into ``--out``.
 """
@@ -109,39 +111,65 @@ def letter_predictions(model, tokenizer, prompts: list[str], batch_size: int = 1
     return preds
 
 
-def option_text_predictions(model, tokenizer, prompts: list[str], options: list[dict[str, str]],
-                            desc: str = "reader (option text)") -> list[str]:
-    """Predicted letter per prompt: argmax over options of log p(" <option text>" | prompt), summed over the
-    option's tokens. This asks the reader to copy an entity, not to bind it to a letter."""
+def cloze_prompt(tokenizer, question: str, context: str | None = None) -> str:
+    """The chat prompt of the cloze protocol: the user turn holds the context (if any) and the question,
+    NOT the options; each option text is then scored as the assistant's reply."""
+    user = (f"Context: {context}\n" if context else "") + f"Question: {question}"
+    return tokenizer.apply_chat_template([{"role": "user", "content": user}], tokenize=False,
+                                         add_generation_prompt=True)
+
+
+def cloze_predictions(model, tokenizer, prompts: list[str], options: list[dict[str, str]], batch_size: int = 8,
+                      desc: str = "reader (cloze)") -> list[str]:
+    """Predicted letter per prompt: argmax over the options of log p(option text | prompt), summed over the
+    option's tokens. The reader has to produce the entity itself, not to bind it to a letter."""
+    scores = cloze_scores(model, tokenizer, prompts, options, batch_size=batch_size, desc=desc)  # (Q, 4)
+    return [LETTERS[j] for j in scores.argmax(dim=1).tolist()]
+
+
+def cloze_scores(model, tokenizer, prompts: list[str], options: list[dict[str, str]], batch_size: int = 8,
+                 desc: str = "reader (cloze)"):
+    """``(Q, 4)`` float tensor: log p(option text | prompt) summed over the option's tokens, options A..D."""
     import torch
     from tqdm import tqdm
 
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
-    preds = []
-    for prompt, opts in tqdm(list(zip(prompts, options)), desc=desc, leave=False):
-        p_ids = tokenizer.encode(prompt, add_special_tokens=False)
-        conts = [tokenizer.encode(" " + opts[letter], add_special_tokens=False) for letter in LETTERS]
-        seqs = [p_ids + c for c in conts]
+    out = []
+    for i in tqdm(range(0, len(prompts), batch_size), desc=desc, leave=False):
+        seqs, conts = [], []
+        for prompt, opts in zip(prompts[i:i + batch_size], options[i:i + batch_size]):
+            p_ids = tokenizer.encode(prompt, add_special_tokens=False)
+            for letter in LETTERS:
+                c = tokenizer.encode(opts[letter], add_special_tokens=False)
+                seqs.append(p_ids + c)
+                conts.append(c)
         width, n_keep = max(map(len, seqs)), max(map(len, conts)) + 1
-        ids = torch.tensor([[pad] * (width - len(x)) + x for x in seqs])  # (4, T), left-padded
-        mask = torch.tensor([[0] * (width - len(x)) + [1] * len(x) for x in seqs])
+        ids = torch.tensor([[pad] * (width - len(x)) + x for x in seqs])  # (4B, T), left-padded
+        mask = torch.tensor([[0] * (width - len(x)) + [1] * len(x) for x in seqs])  # (4B, T)
         with torch.inference_mode():
-            logp = model(input_ids=ids, attention_mask=mask, logits_to_keep=n_keep).logits.float().log_softmax(-1)
-        # logp[:, j] predicts token width - n_keep + j + 1; option tokens are the last len(c) tokens.
-        scores = []
-        for row, c in enumerate(conts):
-            tgt = torch.tensor(c)
-            lp = logp[row, n_keep - 1 - len(c): n_keep - 1].gather(1, tgt[:, None])  # (len(c), 1)
-            scores.append(lp.sum().item())
-        preds.append(LETTERS[max(range(len(LETTERS)), key=scores.__getitem__)])
-    return preds
+            logits = model(input_ids=ids, attention_mask=mask, logits_to_keep=n_keep).logits  # (4B, n_keep, V)
+        logp = logits.float().log_softmax(-1)
+        # position j of the kept logits predicts token (width - n_keep + j + 1); an option is the last len(c)
+        # tokens, so its predictors are kept positions n_keep-1-len(c) .. n_keep-2.
+        scores = torch.stack([
+            logp[r, n_keep - 1 - len(c): n_keep - 1].gather(1, torch.tensor(c)[:, None]).sum()
+            for r, c in enumerate(conts)]).view(-1, len(LETTERS))  # (B, 4)
+        out.append(scores)
+    return torch.cat(out) if out else torch.zeros(0, len(LETTERS))  # (Q, 4)
 
 
-def accuracy(preds: list[str], gold: list[str]) -> dict:
+def accuracy(preds: list[str], gold: list[str], types: list[str] | None = None) -> dict:
+    """Accuracy, the share of predictions per letter, and (with ``types``) accuracy per question type."""
     n = len(gold)
     acc = sum(p == g for p, g in zip(preds, gold)) / max(n, 1)
     share = {letter: sum(p == letter for p in preds) / max(n, 1) for letter in LETTERS}
-    return {"accuracy": acc, "n": n, "pred_share": share}
+    out = {"accuracy": acc, "n": n, "pred_share": share}
+    if types is not None:
+        by: dict[str, list[bool]] = {}
+        for p, g, t in zip(preds, gold, types):
+            by.setdefault(t, []).append(p == g)
+        out["accuracy_by_type"] = {t: sum(v) / len(v) for t, v in sorted(by.items())}
+    return out
 
 
 # ------------------------------------------------------------------------------------------------
@@ -158,8 +186,7 @@ def run(out_dir: Path, splits=SPLITS, reader: bool = True, reader_split: str = "
     doc_texts = corpus.texts(with_title=True)
     qa = {s: demo_qa(s) for s in splits}
     results: dict = {"corpus_size": len(corpus), "split_sizes": {s: len(v) for s, v in qa.items()},
-                     "machine": machine_info(), "retrieval": {}, "reader": {},
-                     "reader_option_text": {}}
+                     "machine": machine_info(), "retrieval": {}, "reader": {}}
 
     t0 = time.perf_counter()
     st = SentenceTransformer(resolve("minilm"), device="cpu")
@@ -186,21 +213,23 @@ def run(out_dir: Path, splits=SPLITS, reader: bool = True, reader_split: str = "
         lm = AutoModelForCausalLM.from_pretrained(path, dtype=torch.bfloat16).eval()
         exs = qa[reader_split]
         gold = [e.answer for e in exs]
+        types = [f"{e.metadata.get('relation')}/{e.metadata.get('direction')}" for e in exs]
         text_of = {pid: t for pid, t in zip(ids, doc_texts)}
-        settings = {
-            "closed_book": [mcq_prompt(e.question, e.options) for e in exs],
-            "oracle": [mcq_prompt(e.question, e.options, text_of[e.gold_passage_ids[0]]) for e in exs],
-            "retrieved@1": [mcq_prompt(e.question, e.options, text_of[r[0]])
-                            for e, r in zip(exs, rankings[reader_split])],
+        contexts = {
+            "closed_book": [None] * len(exs),
+            "oracle": [text_of[e.gold_passage_ids[0]] for e in exs],
+            "retrieved@1": [text_of[r[0]] for r in rankings[reader_split]],
         }
-        for name, prompts in settings.items():
-            preds = letter_predictions(lm, tok, prompts, batch_size=batch_size, desc=name)
-            results["reader"][name] = accuracy(preds, gold)
-        for name, prompts in settings.items():
-            preds = option_text_predictions(lm, tok, prompts, [e.options for e in exs], desc=name + " (text)")
-            results["reader_option_text"][name] = accuracy(preds, gold)
-        results["reader"]["split"] = reader_split
-        results["reader"]["chance"] = 1 / len(LETTERS)
+        rr = {"split": reader_split, "chance": 1 / len(LETTERS), "letter": {}, "cloze": {}}
+        for name, ctx in contexts.items():
+            prompts = [mcq_prompt(e.question, e.options, c) for e, c in zip(exs, ctx)]
+            preds = letter_predictions(lm, tok, prompts, batch_size=batch_size, desc=f"letter {name}")
+            rr["letter"][name] = accuracy(preds, gold)
+        for name, ctx in contexts.items():
+            prompts = [cloze_prompt(tok, e.question, c) for e, c in zip(exs, ctx)]
+            preds = cloze_predictions(lm, tok, prompts, [e.options for e in exs], desc=f"cloze {name}")
+            rr["cloze"][name] = accuracy(preds, gold, types)
+        results["reader"] = rr
         results["reader_seconds"] = time.perf_counter() - t0
 
     write_report(out_dir, results)
@@ -222,24 +251,24 @@ def write_report(out_dir: Path, results: dict) -> None:
         md += ["\nRecall@1 on test by question type:\n",
                markdown_table([{"type": k, "recall@1": v} for k, v in by.items()])]
     if results["reader"]:
-        r, t = results["reader"], results.get("reader_option_text", {})
+        r = results["reader"]
         rows = []
-        for k, v in r.items():
-            if not isinstance(v, dict):
-                continue
-            rows.append({"setting": k, "n": v["n"], "letter acc": v["accuracy"],
-                         **{f"letter share {x}": v["pred_share"][x] for x in LETTERS},
-                         "option-text acc": t.get(k, {}).get("accuracy")})
+        for proto in ("letter", "cloze"):
+            for k, v in r[proto].items():
+                rows.append({"protocol": proto, "setting": k, "n": v["n"], "accuracy": v["accuracy"],
+                             **{f"share {x}": v["pred_share"][x] for x in LETTERS}})
         md += [f"\n## smollm2-135m reader on {r['split']} (chance {r['chance']:.2f})\n",
-               "letter acc: argmax of the next-token logits of \" A\"..\" D\" after `Answer:`; letter share: how "
-               "often each letter is predicted. option-text acc: argmax of log p(\" <option text>\" | prompt).\n",
+               "letter: plain prompt with the options listed, argmax of the next-token logits of \" A\"..\" D\" "
+               "after `Answer:`. cloze: chat template with the question (and context) but no option list, argmax "
+               "of log p(option text) as the reply. closed_book: no passage; oracle: the gold passage; "
+               "retrieved@1: minilm's top passage. share X: how often letter X is predicted.\n",
                markdown_table(rows)]
     (out_dir / "demo_baselines.md").write_text("\n".join(md))
 
 
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--out", default="benchmarks/results/demo_baselines", help="output folder")
+    ap.add_argument("--out", default="runs/bench/demo_baselines", help="output folder")
     ap.add_argument("--splits", nargs="+", default=list(SPLITS), choices=SPLITS)
     ap.add_argument("--no-reader", action="store_true", help="skip the smollm2-135m reader")
     ap.add_argument("--batch-size", type=int, default=16, help="reader batch size")

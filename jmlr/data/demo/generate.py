@@ -360,7 +360,7 @@ def build_world(rng: random.Random):
         d.facts["adverse_effect"] = rng.choice(ADVERSE_EFFECTS)
         d.facts["antidote"] = antidotes[i]
         d.facts["organ"] = rng.choice(ORGANS)
-    # interactions: a perfect matching of drugs (each drug in exactly one pair), cross-class.
+    # interactions: a random perfect matching of drugs (each drug in exactly one pair).
     order = list(range(len(drugs)))
     rng.shuffle(order)
     pairs = []
@@ -577,6 +577,7 @@ def build_questions(rng: random.Random, world, passages: list[Passage]) -> dict[
     # options and balanced answer letters per split.
     out: dict[str, list[dict]] = {}
     for split, qs in questions.items():
+        rng.shuffle(qs)  # relations interleaved, so that any prefix of a split is a fair sample
         letters = [LETTERS[i % 4] for i in range(len(qs))]
         rng.shuffle(letters)
         rows = []
