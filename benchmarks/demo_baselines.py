@@ -204,7 +204,9 @@ def run(out_dir: Path, splits=SPLITS, reader: bool = True, reader_split: str = "
         results["retrieval"][s] = m
     results["retrieval_seconds"] = time.perf_counter() - t0
 
-    if reader and reader_split in qa:
+    if reader and reader_split not in qa:
+        raise ValueError(f"the reader runs on the {reader_split!r} split: add it to --splits, or pass --no-reader")
+    if reader:
         from transformers import AutoModelForCausalLM, AutoTokenizer
 
         t0 = time.perf_counter()
