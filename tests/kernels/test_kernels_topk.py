@@ -256,7 +256,8 @@ def test_dispatch_by_shape_and_dtype():
     assert tk._cpu_kernel(1, f32, full, None) == "stream"
     assert tk._cpu_kernel(tk.STREAM_MAX_B, f32, full, None) == "stream"
     assert tk._cpu_kernel(tk.STREAM_MAX_B + 1, f32, full, None) == "tile"
-    assert tk._cpu_kernel(256, f32, full, None) == "tile"
+    assert tk._cpu_kernel(tk.GEMM_MIN_B - 1, f32, full, None) == "tile"
+    assert tk._cpu_kernel(tk.GEMM_MIN_B, f32, full, None) == "gemm"
     i8, f16 = torch.empty(1, 1, dtype=torch.int8), torch.empty(1, 1, dtype=torch.float16)
     assert tk._cpu_kernel(1, bf, full, None) == "amx"  # bf16 rows feed the AMX tiles in place
     assert tk._cpu_kernel(1, i8, full, None) == "stream"  # int8 / fp16 rows would need a conversion first
@@ -265,7 +266,8 @@ def test_dispatch_by_shape_and_dtype():
     assert tk._cpu_kernel(tk.AMX_MIN_B[torch.int8], i8, full, None) == "amx"
     assert tk._cpu_kernel(tk.AMX_MIN_B[torch.float16], f16, full, None) == "amx"
     assert tk._cpu_kernel(256, bf, full, None) == "amx"
-    assert tk._cpu_kernel(256, bf, {"avx512": True, "amx_bf16": False}, None) == "tile"
+    assert tk._cpu_kernel(64, bf, {"avx512": True, "amx_bf16": False}, None) == "tile"
+    assert tk._cpu_kernel(256, bf, {"avx512": True, "amx_bf16": False}, None) == "gemm"
     assert tk._cpu_kernel(1, f32, {"avx512": False, "amx_bf16": False}, None) == "gemm"
     assert tk._cpu_kernel(3, f32, full, "gemm") == "gemm"
     with pytest.raises(ValueError, match="AVX-512"):
