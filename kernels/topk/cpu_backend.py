@@ -1,6 +1,6 @@
 """CPU backend: the compiled kernels of ``cpu/topk_cpu.cpp``, JIT-built once per machine and cached.
 
-The extension is built with ``torch.utils.cpp_extension.load`` on first use (about a minute on 2 cores) into
+The extension is built with ``torch.utils.cpp_extension.load`` on first use (25-70 s on 2 cores) into
 ``$JMLR_CACHE/torch_extensions`` (default ``~/.cache/jmlr/torch_extensions``); later processes load the cached
 build in well under a second. Where no C++ compiler (or ninja) is available, or ``JMLR_KERNELS_NO_BUILD=1`` is
 set, :func:`load_extension` returns ``None`` after logging one warning, and the dispatch falls back to the
