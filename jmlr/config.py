@@ -56,6 +56,8 @@ class ReaderConfig:
     model: str = _f("smollm2-135m", "causal LM: a jmlr alias (smollm2-135m), an HF folder or name")
     template: str = _f("jmlr", "prompt template: jmlr, chat or freetext")
     max_length: int = _f(384, "max prompt+answer tokens per sequence (passages are truncated first)")
+    target: str = _f("letter", "MCQ answer target: letter (' B'), letter_text (' B. text') or option_text "
+                                "(cloze: options not listed, each option's text scored)")
     lora: bool = _f(False, "train LoRA adapters (peft) instead of all reader weights")
     lora_r: int = _f(8, "LoRA rank")
     lora_alpha: int = _f(16, "LoRA alpha")

@@ -65,7 +65,7 @@ def evaluate_run(run: str, data: str, fmt: str = "jmlr", retrieval: bool = True,
         examples = load_qa(fmt, data)
     examples = examples[:limit] if limit else examples
     reader = Reader.from_pretrained(str(folder / "reader"), template=cfg.reader.template,
-                                    max_length=cfg.reader.max_length)
+                                    max_length=cfg.reader.max_length, target=cfg.reader.target)
     retriever = DualEncoder.from_pretrained(str(folder / "retriever"))
     if cfg.data.corpus == "demo":
         from jmlr.data.demo import demo_corpus

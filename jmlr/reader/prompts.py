@@ -15,7 +15,9 @@ directly, so that ``prompt + target`` is the sequence the reader scores. The thr
     Correct Answer:
 
   The target continues the last line: ``" B"`` (``target="letter"``) or ``" B. <option B>"``
-  (``target="letter_text"``); note the leading space.
+  (``target="letter_text"``); note the leading space. With ``target="option_text"`` (cloze scoring) the
+  options are NOT listed and the target is the option's text itself, ``" <option B>"``: the reader must
+  produce the answer, not bind it to a letter, which is what makes small readers use the passages.
 
 ``chat`` (instruct models): one user message with an instruction, the references, the question and the
   options, rendered by ``tokenizer.apply_chat_template(..., add_generation_prompt=True)``. The target is the
@@ -30,9 +32,10 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 
-__all__ = ["TEMPLATES", "build_prompt", "target_string", "CHAT_INSTRUCTION_MCQ", "CHAT_INSTRUCTION_FREE"]
+__all__ = ["TEMPLATES", "TARGET_KINDS", "build_prompt", "target_string", "CHAT_INSTRUCTION_MCQ", "CHAT_INSTRUCTION_FREE"]
 
 TEMPLATES = ("jmlr", "chat", "freetext")
+TARGET_KINDS = ("letter", "letter_text", "option_text")
 
 CHAT_INSTRUCTION_MCQ = (
     "Answer the following multiple-choice medical question, using the references if they help. "
@@ -115,8 +118,8 @@ def target_string(
         template: the prompt template (decides the leading space: none after a chat generation prompt).
         letter: the gold option letter (MCQ), or ``None`` for free-text answers.
         options: the question's options (needed for ``kind="letter_text"``).
-        kind: ``"letter"`` (``" B"``, the cheapest: one token on most tokenizers) or ``"letter_text"``
-            (``" B. <option text>"``).
+        kind: ``"letter"`` (``" B"``, the cheapest: one token on most tokenizers), ``"letter_text"``
+            (``" B. <option text>"``) or ``"option_text"`` (``" <option text>"``, cloze scoring).
         answer_text: the free-text answer, used when ``letter`` is ``None``.
     """
     check_template(template)
@@ -127,8 +130,11 @@ def target_string(
         return lead + answer_text.strip()
     if kind == "letter":
         return lead + letter
-    if kind == "letter_text":
+    if kind in ("letter_text", "option_text"):
         if not options or letter not in options:
-            raise ValueError(f"target kind 'letter_text' needs option {letter!r} in the options {list(options or {})}")
-        return f"{lead}{letter}. {options[letter]}"
-    raise ValueError(f"unknown target kind {kind!r}; expected 'letter' or 'letter_text'")
+            raise ValueError(f"target kind {kind!r} needs option {letter!r} in the options {list(options or {})}")
+        text = str(options[letter]).strip()
+        if not text:
+            raise ValueError(f"target kind {kind!r}: option {letter!r} has no text")
+        return f"{lead}{letter}. {text}" if kind == "letter_text" else lead + text
+    raise ValueError(f"unknown target kind {kind!r}; expected one of {', '.join(TARGET_KINDS)}")

@@ -37,7 +37,7 @@ import torch
 import torch.nn.functional as F
 
 from .parse import parse_answer
-from .prompts import build_prompt, check_template, target_string
+from .prompts import TARGET_KINDS, build_prompt, check_template, target_string
 
 logger = logging.getLogger(__name__)
 
@@ -107,8 +107,11 @@ class Reader:
             ``"freetext"`` (open questions); see :mod:`jmlr.reader.prompts`.
         max_length: the longest scored sequence (prompt + answer), in tokens; passages are truncated to fit.
         max_passage_tokens: optional cap on each passage, in tokens.
-        target: the default answer string for MCQ: ``"letter"`` (``" B"``) or ``"letter_text"``
-            (``" B. <option text>"``).
+        target: the default answer string for MCQ: ``"letter"`` (``" B"``), ``"letter_text"``
+            (``" B. <option text>"``) or ``"option_text"`` (cloze: the prompt does not list the options, the
+            target is ``" <option text>"``, and :meth:`score_options` scores each option's text). Small readers
+            (~100M parameters) bind letters poorly and answer "A" whatever the passages say; the cloze target
+            makes them use the passages.
         micro_batch: how many sequences one forward holds (``None``: all of them).
         autocast_dtype: run forwards under ``torch.autocast`` with this dtype (e.g. ``torch.bfloat16`` on CPU);
             ``None`` leaves the caller's autocast state alone.
@@ -137,8 +140,8 @@ class Reader:
             raise ValueError(f"max_length must be at least 8 tokens, got {max_length}")
         if max_passage_tokens is not None and max_passage_tokens < 0:
             raise ValueError(f"max_passage_tokens must be >= 0 or None, got {max_passage_tokens}")
-        if target not in ("letter", "letter_text"):
-            raise ValueError(f"target must be 'letter' or 'letter_text', got {target!r}")
+        if target not in TARGET_KINDS:
+            raise ValueError(f"target must be one of {', '.join(TARGET_KINDS)}, got {target!r}")
         if micro_batch is not None and micro_batch < 1:
             raise ValueError(f"micro_batch must be >= 1 or None, got {micro_batch}")
         self.max_length = int(max_length)
@@ -377,6 +380,10 @@ class Reader:
         """The prompt for one question with ``passages`` (in order), untruncated; see :mod:`jmlr.reader.prompts`."""
         return build_prompt(self.template, question, options, passages, self.tokenizer)
 
+    def prompt_options(self, example: Any) -> Mapping[str, str] | None:
+        """The options shown in ``example``'s prompt: all of them, or none in cloze mode (``target="option_text"``)."""
+        return None if self.target == "option_text" else getattr(example, "options", None)
+
     def target_for(self, example: Any, letter: str | None = None, kind: str | None = None) -> str:
         """The answer string appended to the prompt: ``" B"`` / ``" B. text"`` (``"B"`` for chat), or the
         free-text answer. ``letter`` defaults to ``example.answer``; ``kind`` to the reader's ``target``."""
@@ -500,13 +507,13 @@ class Reader:
             tg = self.target_for(ex) if (tg is None and reserve_target) else tg
             targets.append(tg)
             tids.append(self._target_ids(tg) if tg is not None else [])
-            prompts.append(self.build_prompt(ex.question, getattr(ex, "options", None), ps))
+            prompts.append(self.build_prompt(ex.question, self.prompt_options(ex), ps))
         ids_list = self._encode_texts(prompts)
         out = []
         for i, ((ex, ps, _), prompt, ids, tid) in enumerate(zip(items, prompts, ids_list, tids)):
             need = len(tid) + reserve
             if len(ids) + need > self.max_length or (self.max_passage_tokens is not None and ps):
-                prompt, ids, trunc = self._fit(ex.question, getattr(ex, "options", None), ps, need,
+                prompt, ids, trunc = self._fit(ex.question, self.prompt_options(ex), ps, need,
                                                _example_id(ex, i))
             else:
                 trunc = False
@@ -699,21 +706,23 @@ class Reader:
         passages: Sequence[Sequence[str]] | None = None,
         micro_batch: int | None = None,
     ) -> torch.Tensor:
-        """Log-likelihood of each option letter as the answer after the prompt: ``(B, n_options)``.
+        """Log-likelihood of each option as the answer after the prompt: ``(B, n_options)``.
 
         Column ``j`` is the ``j``-th option of the example (``"A"`` first); questions with fewer options get
         ``-inf`` in the missing columns. ``passages[b]`` are ALL placed in example ``b``'s prompt (the way the
-        reader answers at test time). The letter target is the template's (``" B"``, or ``"B"`` for chat),
-        tokenized in context (see :meth:`_target_ids`). When every letter is one token, this is one forward per
-        question with a single kept position; otherwise each option is scored as a full continuation.
+        reader answers at test time). With the letter targets the scored string is the option's letter
+        (``" B"``, or ``"B"`` for chat), tokenized in context (see :meth:`_target_ids`); when every letter is
+        one token this is one forward per question with a single kept position. With ``target="option_text"``
+        (cloze) each option's text is scored as the continuation of a prompt that does not list the options,
+        summed over its tokens (one sequence per option).
         Values are log-probabilities over the whole vocabulary, not renormalised over the options.
         """
         rows = self._check_rows(examples, passages, equal=False)
         letters = [self.option_letters(ex) for ex in examples]
         B, n_max = len(examples), max(len(ls) for ls in letters)
-        tids = [[self._target_ids(target_string(self.template, L, ex.options, "letter")) for L in ls]
+        kind = "option_text" if self.target == "option_text" else "letter"
+        tids = [[self._target_ids(target_string(self.template, L, ex.options, kind)) for L in ls]
                 for ex, ls in zip(examples, letters)]
-        out_dev = self.device
         if all(len(t) == 1 for row in tids for t in row):
             encs = self._encode_items([(ex, rows[b], None) for b, ex in enumerate(examples)],
                                       reserve_target=False, reserve=1)
@@ -729,11 +738,11 @@ class Reader:
                 got = logp.gather(1, col.to(logp.device))  # (n, n_max)
                 outs.append(got.masked_fill(~valid.to(logp.device), float("-inf")))
             return torch.cat(outs)[inverse.to(outs[0].device)]  # (B, n_max)
-        # multi-token letters: score each option's letter as a continuation
+        # multi-token targets: score each option as a full continuation
         items, where = [], []
         for b, (ex, ls) in enumerate(zip(examples, letters)):
             for j, L in enumerate(ls):
-                items.append((ex, rows[b], target_string(self.template, L, ex.options, "letter")))
+                items.append((ex, rows[b], target_string(self.template, L, ex.options, kind)))
                 where.append((b, j))
         flat = self._seq_loglik(items, (len(items),), False, micro_batch)
         scores = torch.full((B, n_max), float("-inf"), device=flat.device)

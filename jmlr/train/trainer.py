@@ -162,7 +162,7 @@ class JointTrainer:
                                                 max_length=cfg.retriever.max_length)
         lora = {"r": cfg.reader.lora_r, "lora_alpha": cfg.reader.lora_alpha} if cfg.reader.lora else None
         reader = Reader.from_pretrained(cfg.reader.model, template=cfg.reader.template,
-                                        max_length=cfg.reader.max_length, lora=lora,
+                                        max_length=cfg.reader.max_length, target=cfg.reader.target, lora=lora,
                                         gradient_checkpointing=cfg.reader.gradient_checkpointing,
                                         trust_remote_code=cfg.reader.trust_remote_code)
         return cls(cfg, retriever, reader, corpus, train, dev, progress=progress)
@@ -245,7 +245,8 @@ class JointTrainer:
             loss_value, stats = self.train_step()  # one optimizer step (grad_accum micro-batches)
             self.step += 1
             self.costs.step_times.append(time.perf_counter() - t0)
-            self.retrieval.maybe_refresh(self.step)  # async re-encode + swap between steps
+            if self.step < cfg.optim.steps:  # after the last step, finish() below rebuilds the index anyway
+                self.retrieval.maybe_refresh(self.step)  # async re-encode + swap between steps
             row = {"step": self.step, "loss": loss_value, **stats, "index_version": self.retrieval.version,
                    "step_s": self.costs.step_times[-1]}
             self.history.append(row)

@@ -323,3 +323,41 @@ def test_tokenizer_that_appends_eos(tiny_model, tiny_tokenizer, examples, passag
         ll = reader.answer_loglik(examples, passages)
         ref = Reader(tiny_model, tiny_tokenizer).answer_loglik(examples, passages)
     assert torch.allclose(ll, ref, atol=1e-5)
+
+
+# ---------------------------------------------------------------- cloze scoring (target="option_text")
+@pytest.mark.parametrize("template", ["jmlr", "chat"])
+def test_option_text_target_hides_options_and_scores_each_text(tiny_model, tiny_tokenizer, examples, passages,
+                                                               template):
+    reader = Reader(tiny_model, tiny_tokenizer, template=template, target="option_text", micro_batch=3)
+    ex = examples[0]
+    enc = reader.encode(ex, passages[0][:1])
+    # the prompt does not list the options (the reader must produce the answer, not pick a letter)...
+    assert "Aspirin" not in enc.prompt and "Options:" not in enc.prompt and ex.question in enc.prompt
+    # ...and the answer target is the gold option's text, with the template's leading space
+    lead = "" if template == "chat" else " "
+    assert reader.target_for(ex) == lead + "Paracetamol"
+    assert tiny_tokenizer.decode(enc.target_ids).strip() == "Paracetamol"
+    with torch.no_grad():
+        s = reader.score_options(examples, passages)
+        ll = reader.answer_loglik(examples, passages)
+    assert s.shape == (3, 4) and s[1, 3].item() == -math.inf
+    for b, e in enumerate(examples):
+        ref = []
+        for letter, text in e.options.items():  # brute force: each option text after the option-free prompt
+            enc = reader.encode(e, passages[b], lead + text)
+            assert "Options:" not in enc.prompt
+            ref.append(brute_token_logp(reader, enc.prompt_ids, enc.target_ids).sum().item())
+        assert s[b, : len(ref)].tolist() == pytest.approx(ref, abs=ATOL)
+        for k, p in enumerate(passages[b]):  # answer_loglik scores the gold text with one passage per prompt
+            assert ll[b, k].item() == pytest.approx(brute_loglik(reader, e, [p]), abs=ATOL)
+    preds = reader.predict(examples, passages)
+    assert preds == [list(e.options)[j] for e, j in zip(examples, s.argmax(-1).tolist())]
+
+
+def test_option_text_target_bad_input(tiny_model, tiny_tokenizer):
+    with pytest.raises(ValueError, match="target must be one of letter, letter_text, option_text"):
+        Reader(tiny_model, tiny_tokenizer, target="text")
+    reader = Reader(tiny_model, tiny_tokenizer, target="option_text")
+    with pytest.raises(ValueError, match="has no text"):
+        reader.target_for(Ex("Which?", {"A": "Aspirin", "B": "  "}, "B"))
