@@ -60,7 +60,8 @@ def base_overrides(args, out: Path) -> list[str]:
     return [f"output_dir={out}", f"optim.steps={args.steps}", f"optim.batch_size={args.batch}",
             f"index.top_k={args.k}", "eval_every=0", f"optim.warmup_steps={max(args.steps // 10, 1)}",
             f"reader.lr={args.lr}", f"retriever.lr={args.retriever_lr}", f"refresh.every={args.refresh_every}",
-            f"reader.max_length={args.max_length}", f"seed={args.seed}", f"optim.bf16={str(args.bf16).lower()}",
+            f"reader.max_length={args.max_length}", f"reader.template={args.template}",
+            f"reader.target={args.target}", f"seed={args.seed}", f"optim.bf16={str(args.bf16).lower()}",
             "loss.name=rag_sequence"]
 
 
@@ -69,7 +70,8 @@ def load_models(args):
     from jmlr.retriever import DualEncoder
 
     return (DualEncoder.from_pretrained(args.retriever),
-            Reader.from_pretrained(args.reader, max_length=args.max_length))
+            Reader.from_pretrained(args.reader, max_length=args.max_length, template=args.template,
+                                   target=args.target))
 
 
 def closed_book_accuracy(reader, test, bf16: bool) -> float:
@@ -209,11 +211,14 @@ def main(argv=None) -> int:
     p.add_argument("--arms", default=",".join(ARMS))
     p.add_argument("--reader", default="smollm2-135m")
     p.add_argument("--retriever", default="minilm")
-    p.add_argument("--steps", type=int, default=150)
-    p.add_argument("--pretrain-steps", type=int, default=150)
+    p.add_argument("--template", default="chat", help="reader prompt template (jmlr, chat)")
+    p.add_argument("--target", default="option_text",
+                   help="reader answer target: option_text (cloze, as `jmlr demo`), letter or letter_text")
+    p.add_argument("--steps", type=int, default=100, help="fine-tuning optimizer steps of every arm")
+    p.add_argument("--pretrain-steps", type=int, default=100, help="continued-pretraining steps of arm (b)")
     p.add_argument("--contrastive-steps", type=int, default=60)
     p.add_argument("--batch", type=int, default=4)
-    p.add_argument("--k", type=int, default=4)
+    p.add_argument("--k", type=int, default=3)
     p.add_argument("--n-train", type=int, default=600)
     p.add_argument("--n-test", type=int, default=150)
     p.add_argument("--lr", type=float, default=3e-5)
