@@ -4,7 +4,7 @@ The public names are imported lazily so that ``import jmlr`` stays cheap (no tor
 """
 from __future__ import annotations
 
-import importlib
+from jmlr._lazy import lazy_getattr
 
 __version__ = "0.1.0"
 
@@ -24,7 +24,4 @@ _LAZY = {
 __all__ = sorted(_LAZY) + ["__version__"]
 
 
-def __getattr__(name: str):
-    if name in _LAZY:
-        return getattr(importlib.import_module(_LAZY[name]), name)
-    raise AttributeError(f"module 'jmlr' has no attribute {name!r}")
+__getattr__ = lazy_getattr("jmlr", _LAZY)

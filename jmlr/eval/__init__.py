@@ -2,7 +2,7 @@
 (:mod:`.generation`) and the bias probe (:mod:`.bias`)."""
 from __future__ import annotations
 
-import importlib
+from jmlr._lazy import lazy_getattr
 
 _LAZY = {"mcq_accuracy": "jmlr.eval.mcq", "evaluate_mcq": "jmlr.eval.mcq",
          "retrieval_metrics": "jmlr.eval.retrieval", "generation_metrics": "jmlr.eval.generation",
@@ -10,7 +10,4 @@ _LAZY = {"mcq_accuracy": "jmlr.eval.mcq", "evaluate_mcq": "jmlr.eval.mcq",
 __all__ = sorted(_LAZY)
 
 
-def __getattr__(name: str):
-    if name in _LAZY:
-        return getattr(importlib.import_module(_LAZY[name]), name)
-    raise AttributeError(f"module 'jmlr.eval' has no attribute {name!r}")
+__getattr__ = lazy_getattr("jmlr.eval", _LAZY)

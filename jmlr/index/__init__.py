@@ -11,7 +11,7 @@ Names are imported lazily (``import jmlr.index`` does not import torch or faiss)
 """
 from __future__ import annotations
 
-import importlib
+from jmlr._lazy import lazy_getattr
 
 _LAZY = {
     "Index": "jmlr.index.base",
@@ -40,7 +40,4 @@ _LAZY = {
 __all__ = sorted(_LAZY)
 
 
-def __getattr__(name: str):
-    if name in _LAZY:
-        return getattr(importlib.import_module(_LAZY[name]), name)
-    raise AttributeError(f"module 'jmlr.index' has no attribute {name!r}")
+__getattr__ = lazy_getattr("jmlr.index", _LAZY)

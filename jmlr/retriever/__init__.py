@@ -4,7 +4,7 @@ Names are imported lazily (``import jmlr.retriever`` does not import torch).
 """
 from __future__ import annotations
 
-import importlib
+from jmlr._lazy import lazy_getattr
 
 _LAZY = {
     "DualEncoder": "jmlr.retriever.dual_encoder",
@@ -19,7 +19,4 @@ _LAZY = {
 __all__ = sorted(_LAZY)
 
 
-def __getattr__(name: str):
-    if name in _LAZY:
-        return getattr(importlib.import_module(_LAZY[name]), name)
-    raise AttributeError(f"module 'jmlr.retriever' has no attribute {name!r}")
+__getattr__ = lazy_getattr("jmlr.retriever", _LAZY)
