@@ -22,3 +22,17 @@ def test_quick_run_writes_all_arms(tmp_path, tiny_encoder_dir, tiny_reader_dir):
         assert (row["recall_at_5"] is None) == (row["arm"] in ("sft_closed_book", "pretrain_then_sft"))
     assert (tmp_path / "joint_vs_separate.png").stat().st_size > 1000
     assert "| joint |" in (tmp_path / "joint_vs_separate.md").read_text().replace("| demo ", "")
+    # the joint arm's time-to-accuracy curve: step 0 (before training), the periodic evaluations, the final one;
+    # times exclude evaluation and grow; the last point is the reported result
+    joint = rows[-1]
+    steps = [c[1] for c in joint["curve"]]
+    assert steps[0] == 0 and steps[-1] == payload["settings"]["steps"] and steps == sorted(steps)
+    times = [c[0] for c in joint["curve"]]
+    assert times == sorted(times) and times[-1] == joint["wall_s"]
+    assert joint["curve"][-1][2] == joint["accuracy"] and joint["curve"][-1][3] == joint["recall_at_5"]
+    b = rows[1]
+    assert [c[1] for c in b["curve"]] == ["pretrained", "sft"] and b["curve"][-1][2] == b["accuracy"]
+    goal = payload["goal"]["demo"]
+    reach = next((c[0] for c in joint["curve"] if c[2] >= b["accuracy"]), None)
+    assert goal["joint_time_to_b_accuracy_s"] == reach
+    assert goal["met"] == (reach is not None and reach <= 0.5 * b["wall_s"])
