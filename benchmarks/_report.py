@@ -12,7 +12,10 @@ def machine_info() -> dict[str, Any]:
     """What the numbers were measured on."""
     import torch
 
+    from jmlr.core.precision import host_info
+
     return {
+        **host_info(),
         "platform": platform.platform(),
         "processor": platform.processor(),
         "cpu_count": os.cpu_count(),

@@ -3,7 +3,7 @@
 * Retrieval: off-the-shelf all-MiniLM-L6-v2 (``resolve("minilm")``), query = question text, document =
   "title. text", cosine similarity, exact search over the whole demo corpus. Recall@1/5/20 and MRR@10 on
   each split (a question has exactly one gold passage).
-* Reader: SmolLM2-135M-Instruct (``resolve("smollm2-135m")``, bf16) on the test MCQs, in three settings:
+* Reader: SmolLM2-135M-Instruct (``resolve("smollm2-135m")``, ``--precision``) on the test MCQs, in three settings:
   - closed_book: no passage (the facts are invented, so this should sit near chance, 0.25);
   - oracle: the gold passage before the question (``Context: title. text``), the most that retrieval can
     give this reader;
@@ -174,7 +174,7 @@ def accuracy(preds: list[str], gold: list[str], types: list[str] | None = None) 
 
 # ------------------------------------------------------------------------------------------------
 def run(out_dir: Path, splits=SPLITS, reader: bool = True, reader_split: str = "test",
-        batch_size: int = 16) -> dict:
+        batch_size: int = 16, precision: str = "auto") -> dict:
     import torch
     from sentence_transformers import SentenceTransformer
 
@@ -212,7 +212,11 @@ def run(out_dir: Path, splits=SPLITS, reader: bool = True, reader_split: str = "
         t0 = time.perf_counter()
         path = resolve("smollm2-135m")
         tok = AutoTokenizer.from_pretrained(path)
-        lm = AutoModelForCausalLM.from_pretrained(path, dtype=torch.bfloat16).eval()
+        from jmlr.core.precision import resolve_precision
+
+        amp = resolve_precision(precision, "cpu", key="--precision")  # bf16 weights only where bf16 is native
+        lm = AutoModelForCausalLM.from_pretrained(path, dtype=amp.dtype or torch.float32).eval()
+        results["reader_precision"] = amp.as_dict()
         exs = qa[reader_split]
         gold = [e.answer for e in exs]
         types = [f"{e.metadata.get('relation')}/{e.metadata.get('direction')}" for e in exs]
@@ -274,8 +278,10 @@ def main(argv=None) -> int:
     ap.add_argument("--splits", nargs="+", default=list(SPLITS), choices=SPLITS)
     ap.add_argument("--no-reader", action="store_true", help="skip the smollm2-135m reader")
     ap.add_argument("--batch-size", type=int, default=16, help="reader batch size")
+    ap.add_argument("--precision", default="auto", help="reader weights: auto (bf16 only where native), fp32, bf16")
     args = ap.parse_args(argv)
-    res = run(Path(args.out), splits=args.splits, reader=not args.no_reader, batch_size=args.batch_size)
+    res = run(Path(args.out), splits=args.splits, reader=not args.no_reader, batch_size=args.batch_size,
+              precision=args.precision)
     print((Path(args.out) / "demo_baselines.md").read_text())
     return 0
 

@@ -61,7 +61,7 @@ def base_overrides(args, out: Path) -> list[str]:
             f"index.top_k={args.k}", "eval_every=0", f"optim.warmup_steps={max(args.steps // 10, 1)}",
             f"reader.lr={args.lr}", f"retriever.lr={args.retriever_lr}", f"refresh.every={args.refresh_every}",
             f"reader.max_length={args.max_length}", f"reader.template={args.template}",
-            f"reader.target={args.target}", f"seed={args.seed}", f"optim.bf16={str(args.bf16).lower()}",
+            f"reader.target={args.target}", f"seed={args.seed}", f"optim.precision={args.precision}",
             "loss.name=rag_sequence"]
 
 
@@ -74,13 +74,14 @@ def load_models(args):
                                    target=args.target))
 
 
-def closed_book_accuracy(reader, test, bf16: bool) -> float:
+def closed_book_accuracy(reader, test, precision: str) -> float:
     import torch
 
+    from jmlr.core.precision import resolve_precision
     from jmlr.eval.mcq import mcq_accuracy
 
     preds = []
-    with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
+    with torch.no_grad(), resolve_precision(precision, reader.device).autocast(reader.device):
         for i in range(0, len(test), 8):
             preds += reader.predict(test[i:i + 8], None)
     return mcq_accuracy(preds, [ex.answer for ex in test])["accuracy"]
@@ -93,7 +94,7 @@ def sft_closed_book(args, reader, train, out: Path) -> dict:
     cfg = load_config(None, [f"output_dir={out}", f"seed={args.seed}", f"optim.steps={args.steps}",
                              f"optim.batch_size={args.batch}", f"optim.lr={args.lr}",
                              f"optim.warmup_steps={max(args.steps // 10, 1)}", "optim.schedule=linear",
-                             f"optim.bf16={str(args.bf16).lower()}"], cls=SFTConfig)
+                             f"optim.precision={args.precision}"], cls=SFTConfig)
     return run_sft(cfg, reader=reader, examples=sft_examples_from_qa(train, reader), progress=not args.quiet)
 
 
@@ -103,7 +104,7 @@ def pretrain(args, reader, corpus, out: Path) -> dict:
 
     cfg = load_config(None, [f"output_dir={out}", f"seed={args.seed}", f"optim.steps={args.pretrain_steps}",
                              f"optim.batch_size={args.batch}", f"optim.lr={args.lr}",
-                             f"data.window={args.max_length}", f"optim.bf16={str(args.bf16).lower()}"],
+                             f"data.window={args.max_length}", f"optim.precision={args.precision}"],
                       cls=PretrainConfig)
     return run_pretrain(cfg, reader=reader, texts=corpus.texts(with_title=True), progress=not args.quiet)
 
@@ -193,15 +194,15 @@ def run_dataset(args, name: str, out: Path) -> list[dict]:
         if arm == "sft_closed_book":
             s = sft_closed_book(args, reader, train, out / name / arm)
             wall = time.perf_counter() - t0
-            add(arm, closed_book_accuracy(reader, test, args.bf16), None, wall, s["flops_est"])
+            add(arm, closed_book_accuracy(reader, test, args.precision), None, wall, s["flops_est"])
         elif arm == "pretrain_then_sft":
             p = pretrain(args, reader, corpus, out / name / arm / "pretrain")
             t_eval = time.perf_counter()
-            mid = closed_book_accuracy(reader, test, args.bf16)  # after pretraining, before SFT (not timed)
+            mid = closed_book_accuracy(reader, test, args.precision)  # after pretraining, before SFT (not timed)
             t_eval = time.perf_counter() - t_eval
             s = sft_closed_book(args, reader, train, out / name / arm / "sft")
             wall = time.perf_counter() - t0 - t_eval
-            acc = closed_book_accuracy(reader, test, args.bf16)
+            acc = closed_book_accuracy(reader, test, args.precision)
             add(arm, acc, None, wall, p["flops_est"] + s["flops_est"],
                 {"stage_wall_s": {"pretrain": p["wall_s"], "sft": s["wall_s"]}},
                 curve=[[p["wall_s"], "pretrained", mid, None], [wall, "sft", acc, None]])
@@ -268,7 +269,8 @@ def main(argv=None) -> int:
                         "time-to-accuracy curve; evaluation time is not counted as training time); 0 = off")
     p.add_argument("--max-corpus", type=int, default=0, help="cap the corpus (gold passages kept); 0 = all")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--no-bf16", dest="bf16", action="store_false")
+    p.add_argument("--precision", default="auto", help="autocast precision of every arm: auto (bf16 only where the "
+                   "hardware runs it natively), fp32, bf16, fp16")
     p.add_argument("--quiet", action="store_true")
     args = p.parse_args(argv)
     if args.quick:

@@ -50,6 +50,8 @@ def parse_args(argv=None):
     p.add_argument("--main-threads", type=int, default=None,
                    help="intra-op threads of the training loop (default: torch's default)")
     p.add_argument("--encode-batch", type=int, default=64, help="refresh encoding batch size")
+    p.add_argument("--precision", default="auto", help="encoding/training autocast: auto (bf16 only where the CPU "
+                   "runs it natively), fp32, bf16, fp16 (default auto)")
     p.add_argument("--seed", type=int, default=0)
     args = p.parse_args(argv)
     args.every = args.every or (30 if args.quick else 40)
@@ -100,6 +102,13 @@ class Capped:
         return reason
 
 
+def amp_of(args):
+    """The run's resolved precision (see jmlr.core.precision)."""
+    from jmlr.core.precision import resolve_precision
+
+    return resolve_precision(args.precision, "cpu", key="--precision")
+
+
 def run(mode: str, args, ids, texts) -> dict:
     """One training loop with refreshes; ``mode`` is 'sync' or the async worker kind."""
     import numpy as np
@@ -118,10 +127,11 @@ def run(mode: str, args, ids, texts) -> dict:
     queries = [" ".join(t.split()[:12]) for t in texts]
     pos = {c: j for j, c in enumerate(ids)}
     policy = "never" if mode == "sync" else Capped(EveryN(R), n_ref)
+    amp = amp_of(args)
     t0 = time.perf_counter()
     refresher = AsyncRefresher(dual, (ids, texts), policy=policy, worker="thread" if mode == "sync" else mode,
                                worker_threads=args.worker_threads, batch_size=args.encode_batch,
-                               autocast_dtype="bfloat16", probe_size=256, index_type="exact", seed=args.seed)
+                               autocast_dtype=amp.dtype, probe_size=256, index_type="exact", seed=args.seed)
     initial_s = time.perf_counter() - t0
     opt = torch.optim.AdamW([p for p in dual.parameters() if p.requires_grad], lr=2e-5)
     wait_s, step_s, in_flight = [], [], []
@@ -140,7 +150,7 @@ def run(mode: str, args, ids, texts) -> dict:
         wait_s.append(t1 - t0)
         in_flight.append(refresher.in_flight)
         batch = rng.choice(len(texts), size=args.batch, replace=False)
-        with torch.autocast("cpu", dtype=torch.bfloat16):
+        with amp.autocast(dual.query_model):
             q = dual.embed_queries([queries[i] for i in batch])  # (B, d)
             _, cand = refresher.index.search(q.detach().float(), 4)  # (B, 4) from the current index
             negs = [next((c for c in row if c != ids[i]), row[-1]) for row, i in zip(cand, batch)]
@@ -226,7 +236,8 @@ def main(argv=None) -> int:
         "config": {"passages": len(ids), "source": source, "model": args.encoder, "max_length": args.max_length,
                    "batch": args.batch, "every": args.every, "refreshes": args.refreshes,
                    "steps": (args.refreshes + 1) * args.every, "worker_threads": args.worker_threads,
-                   "main_threads": torch.get_num_threads(), "encode_autocast": "bfloat16", "quick": args.quick},
+                   "main_threads": torch.get_num_threads(), "precision": amp_of(args).as_dict(),
+                   "quick": args.quick},
         "machine": machine_info(),
         "per_step": {r["mode"]: {"wait_s": r["wait_s_per_step"], "step_s": r["step_s_per_step"],
                                  "in_flight": r["in_flight_per_step"]} for r in runs},
@@ -237,7 +248,7 @@ def main(argv=None) -> int:
              "step_s_while_refreshing": r["step_s_mean_while_refreshing"],
              "encode_s_per_refresh": float(sum(r["encode_s"]) / max(1, len(r["encode_s"])))} for r in runs]
     notes = (f"{len(ids)} passages ({source}), {args.encoder} max_length {args.max_length}, batch {args.batch}, "
-             f"refresh every {args.every} steps, {(args.refreshes + 1) * args.every} steps per run; encoding under bf16 autocast; "
+             f"refresh every {args.every} steps, {(args.refreshes + 1) * args.every} steps per run; precision {amp_of(args)}; "
              f"background worker {args.worker_threads} thread(s), training thread {torch.get_num_threads()}.\n"
              f"stall = time inside the refresh calls (sync: the whole re-encode; async: snapshot + swap, plus any "
              f"final wait). stall_ratio (async {head['mode']} / sync) = {result['stall_ratio']:.4f}.\n"

@@ -102,7 +102,8 @@ class OptimConfig:
     schedule: str = _f("linear", "learning-rate schedule after warmup: linear, cosine or constant")
     max_grad_norm: float = _f(1.0, "gradient clipping norm (0 = off)")
     weight_decay: float = _f(0.0, "AdamW weight decay")
-    bf16: bool = _f(True, "bf16 autocast (CPU with AVX-512 BF16, or GPU)")
+    precision: str = _f("auto", "autocast precision: auto (bf16 where the device runs it natively: CUDA with bf16, "
+                                "or a CPU with avx512_bf16/amx_bf16; else fp32), fp32, bf16 or fp16")
 
 
 @dataclass
@@ -143,7 +144,17 @@ def all_keys(cls=TrainConfig, prefix: str = "") -> list[str]:
     return keys
 
 
+RENAMED = {
+    "bf16": "precision (auto | fp32 | bf16 | fp16; auto picks bf16 only where the hardware runs it natively)",
+}
+"""Keys that were renamed (last component of the dotted key) and what replaces them."""
+
+
 def _unknown(key: str, where: str, known: list[str]) -> ValueError:
+    last = key.rsplit(".", 1)[-1]
+    if last in RENAMED:
+        new = key[: len(key) - len(last)] + RENAMED[last]
+        return ValueError(f"config key '{key}'{where} was replaced by '{new}'")
     close = difflib.get_close_matches(key, known, n=1, cutoff=0.5)
     hint = f"; did you mean '{close[0]}'?" if close else f"; known keys: {', '.join(sorted(known))}"
     return ValueError(f"unknown config key '{key}'{where}{hint}")
@@ -190,6 +201,17 @@ def _coerce(value: Any, tp, key: str) -> Any:
     return value
 
 
+def _check_choice(key: str, value: Any, where: str = "") -> Any:
+    """Values of keys with a fixed set of choices are checked when set (before any model loads)."""
+    if key.rsplit(".", 1)[-1] == "precision":
+        from jmlr.core.precision import PRECISIONS
+
+        if str(value).lower() not in PRECISIONS:
+            raise ValueError(f"config key '{key}'{where} expects one of {', '.join(PRECISIONS)}, got {value!r}")
+        return str(value).lower()
+    return value
+
+
 def _apply(obj, mapping: dict, prefix: str, where: str, root=None) -> None:
     root = root or type(obj)
     hints = _hints(type(obj))
@@ -203,7 +225,7 @@ def _apply(obj, mapping: dict, prefix: str, where: str, root=None) -> None:
                 raise ValueError(f"config section '{key}'{where} must be a mapping, got {v!r}")
             _apply(getattr(obj, k), v, key + ".", where, root)
         else:
-            setattr(obj, k, _coerce(v, tp, key))
+            setattr(obj, k, _check_choice(key, _coerce(v, tp, key), where))
 
 
 def set_value(cfg: TrainConfig, dotted: str, value: Any) -> None:
@@ -218,7 +240,7 @@ def set_value(cfg: TrainConfig, dotted: str, value: Any) -> None:
             if _is_dc(hints[p]):
                 raise ValueError(f"'{dotted}' is a section; set one of its keys, e.g. '{dotted}."
                                  f"{next(iter(_hints(hints[p])))}=...'")
-            setattr(obj, p, _coerce(value, hints[p], dotted))
+            setattr(obj, p, _check_choice(dotted, _coerce(value, hints[p], dotted)))
         else:
             if not _is_dc(hints[p]):
                 raise _unknown(dotted, "", all_keys(type(cfg)))

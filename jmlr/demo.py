@@ -61,6 +61,7 @@ def run_demo(quick: bool = False, out: str = "runs/demo", overrides: list[str] |
     if quick:
         trainer.dev_data = []  # quick mode: only the held-out test evaluations below
     trainer.setup()
+    print(f"precision: {trainer.precision}", flush=True)
     closed = trainer.evaluate(test, split="test", retrieval=False)
     frozen = trainer.evaluate(test, split="test")
     t_train = time.perf_counter()
@@ -76,7 +77,7 @@ def run_demo(quick: bool = False, out: str = "runs/demo", overrides: list[str] |
 
     summary = {
         "closed_book": pick(closed), "frozen_rag": pick(frozen), "joint": pick(joint),
-        "wall_s": wall, "train_s": train_s, "quick": quick, "n_test": len(test),
+        "wall_s": wall, "train_s": train_s, "quick": quick, "n_test": len(test), "precision": run["precision"],
         "losses": run["losses"], "costs": run["costs"], "config": json.loads(json.dumps(_cfg_dict(cfg))),
     }
     out_dir.mkdir(parents=True, exist_ok=True)

@@ -7,6 +7,7 @@ import sys
 from pathlib import Path
 
 import pytest
+from _ports import free_port
 
 ROOT = Path(__file__).resolve().parent.parent
 SCRIPTS = ["train_medqa.py", "by_feature/lora.py", "by_feature/jmlr_rank_loss.py", "by_feature/refresh_schedule.py"]
@@ -36,7 +37,7 @@ def test_distributed_example_runs_on_two_ranks(tmp_path, tiny_encoder_dir, tiny_
     torchrun = shutil.which("torchrun", path=str(Path(sys.executable).parent)) or shutil.which("torchrun")
     if torchrun is None:
         pytest.skip("torchrun is not installed next to this Python")
-    r = subprocess.run([torchrun, "--nproc_per_node", "2", "--master_port", "29541",
+    r = subprocess.run([torchrun, "--nproc_per_node", "2", "--master_port", str(free_port()),
                         str(ROOT / "examples" / "by_feature" / "distributed.py"), "--quick", "--out",
                         str(tmp_path / "run"), "--retriever", tiny_encoder_dir, "--reader", tiny_reader_dir],
                        capture_output=True, text=True, timeout=900, cwd=ROOT,

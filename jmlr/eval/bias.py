@@ -30,11 +30,12 @@ answer is clinically right.
 """
 from __future__ import annotations
 
-import contextlib
 import itertools
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
+
+from jmlr.core.precision import autocast as precision_autocast
 
 __all__ = ["LIKERT5", "BiasItem", "DEFAULT_ITEMS", "DEFAULT_GROUPS", "probe_prompts", "ReaderScaleScorer",
            "BiasReport", "run_bias_probe", "bias_report"]
@@ -160,7 +161,7 @@ class ReaderScaleScorer:
             mask[i, L - len(s):] = 1
         pos = (mask.cumsum(-1) - 1).clamp(min=0)
         dtype = getattr(self.reader, "autocast_dtype", None)
-        autocast = torch.autocast(dev.type, dtype=dtype) if dtype is not None else contextlib.nullcontext()
+        autocast = precision_autocast(dtype, dev)
         was_training = model.training
         model.eval()
         try:

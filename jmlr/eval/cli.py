@@ -77,8 +77,8 @@ def evaluate_run(run: str, data: str, fmt: str = "jmlr", retrieval: bool = True,
     state.load(folder / "index")
     out = {"checkpoint": str(folder), "n": len(examples)}
     out["closed_book"] = evaluate_joint(retriever, reader, state, doc_texts, corpus, examples,
-                                        top_k=cfg.index.top_k, use_retrieval=False, bf16=cfg.optim.bf16)
+                                        top_k=cfg.index.top_k, use_retrieval=False, precision=cfg.optim.precision)
     if retrieval:
         out["with_retrieval"] = evaluate_joint(retriever, reader, state, doc_texts, corpus, examples,
-                                               top_k=cfg.index.top_k, use_retrieval=True, bf16=cfg.optim.bf16)
+                                               top_k=cfg.index.top_k, use_retrieval=True, precision=cfg.optim.precision)
     return out

@@ -14,6 +14,7 @@ def process_main(cmd_q, res_q, model, token_lists, out, settings: dict) -> None:
     """Worker loop: ``cmd_q`` gets job ids (``None`` stops); ``res_q`` gets ("ok"|"error", job, payload)."""
     import torch
 
+    from jmlr.core.precision import autocast
     from jmlr.retriever.dual_encoder import encode_token_lists
 
     torch.set_num_threads(int(settings["threads"]))
@@ -26,7 +27,7 @@ def process_main(cmd_q, res_q, model, token_lists, out, settings: dict) -> None:
             return
         try:
             t0 = time.perf_counter()
-            with torch.autocast("cpu", dtype=getattr(torch, amp or "bfloat16"), enabled=amp is not None):
+            with autocast(amp, model):
                 encode_token_lists(model, token_lists, pad_id=settings["pad_id"], pooling=settings["pooling"],
                                    normalize=settings["normalize"], batch_size=settings["batch_size"], out=out)
             res_q.put(("ok", job, time.perf_counter() - t0))

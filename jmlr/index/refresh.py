@@ -222,6 +222,19 @@ def probe_agreement(stale, fresh, k: int, queries=None) -> tuple[float, float]:
 
 # ============================================================================ the refresher
 
+def _amp_name(dtype: Any) -> str | None:
+    """``None`` (fp32), ``"bfloat16"`` or ``"float16"``: a picklable name for the worker process."""
+    import torch
+
+    names = {None: None, "fp32": None, "float32": None, torch.float32: None, "bf16": "bfloat16",
+             "bfloat16": "bfloat16", torch.bfloat16: "bfloat16", "fp16": "float16", "float16": "float16",
+             torch.float16: "float16"}
+    try:
+        return names[dtype]
+    except (KeyError, TypeError):
+        raise ValueError(f"autocast_dtype must be None, 'bfloat16', 'float16' or a torch dtype, got {dtype!r}") from None
+
+
 class AsyncRefresher:
     """Versioned, double-buffered corpus index that follows a training doc tower.
 
@@ -235,7 +248,9 @@ class AsyncRefresher:
             process; weights and embeddings travel through shared memory).
         worker_threads: intra-op threads of the worker (default: half of ``torch.get_num_threads()``).
             With OpenMP builds of torch this is per thread, so the training thread keeps its own count.
-        batch_size, autocast_dtype: encoding batch size and CPU autocast dtype (e.g. ``"bfloat16"``).
+        batch_size, autocast_dtype: encoding batch size and autocast dtype (``None``/``"fp32"``, ``"bfloat16"``,
+            ``"float16"`` or a torch dtype; the trainer passes its resolved ``optim.precision``), applied on the
+            doc tower's device through :func:`jmlr.core.precision.autocast`.
         probe_size, probe_k, probe_queries: the staleness probe (passages, k, optional query texts).
         index: an already built index for the current weights (else one is built now, synchronously).
         start_step: the step the index is fresh at (set it when resuming, so that no refresh is due at once).
@@ -244,15 +259,14 @@ class AsyncRefresher:
     def __init__(self, dual, corpus, *, policy="every:1000", index_type: str = "exact",
                  index_kwargs: dict[str, Any] | None = None, index_factory: Callable[[int], Any] | None = None,
                  worker: str = "thread", worker_threads: int | None = None, batch_size: int = 64,
-                 autocast_dtype: str | None = None, probe_size: int = 256, probe_k: int = 10,
+                 autocast_dtype: Any = None, probe_size: int = 256, probe_k: int = 10,
                  probe_queries: Sequence[str] | None = None, seed: int = 0, index=None, start_step: int = 0,
                  progress: bool = False):
         import torch
 
         if worker not in ("thread", "process"):
             raise ValueError(f"worker must be 'thread' or 'process', got {worker!r}")
-        if autocast_dtype not in (None, "bfloat16", "float16"):
-            raise ValueError(f"autocast_dtype must be None, 'bfloat16' or 'float16', got {autocast_dtype!r}")
+        autocast_dtype = _amp_name(autocast_dtype)
         self.dual = dual
         self.ids, self.texts, self.corpus_fingerprint = corpus_parts(corpus)
         if not self.ids:
@@ -465,10 +479,9 @@ class AsyncRefresher:
                                                         "max_length": d.max_length, "prefix": d.doc_prefix})
 
     def _amp(self):
-        import torch
+        from jmlr.core.precision import autocast
 
-        dt = getattr(torch, self.autocast_dtype) if self.autocast_dtype else torch.bfloat16
-        return torch.autocast("cpu", dtype=dt, enabled=self.autocast_dtype is not None)
+        return autocast(self.autocast_dtype, self._snap.doc_model)
 
     def _encode_here(self):
         """Encode the corpus with the snapshot in the calling thread."""

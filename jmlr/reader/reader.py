@@ -36,7 +36,10 @@ from typing import Any, NamedTuple
 import torch
 import torch.nn.functional as F
 
+from jmlr.core.precision import autocast
+
 from .parse import parse_answer
+from .prefix import MASKABLE_ATTENTION, pack_shared_prefix, packed_logp
 from .prompts import TARGET_KINDS, build_prompt, check_template, target_string
 
 logger = logging.getLogger(__name__)
@@ -115,6 +118,8 @@ class Reader:
         micro_batch: how many sequences one forward holds (``None``: all of them).
         autocast_dtype: run forwards under ``torch.autocast`` with this dtype (e.g. ``torch.bfloat16`` on CPU);
             ``None`` leaves the caller's autocast state alone.
+        shared_prefix: score the options of a question in ONE packed forward that computes the prompt once
+            (:mod:`jmlr.reader.prefix`); ``False`` scores one full sequence per option. Same scores either way.
 
     Example:
         >>> reader = Reader.from_pretrained("smollm2-135m", template="chat")   # doctest: +SKIP
@@ -132,8 +137,10 @@ class Reader:
         target: str = "letter",
         micro_batch: int | None = None,
         autocast_dtype: torch.dtype | str | None = None,
+        shared_prefix: bool = True,
     ):
         self.model = model
+        self.shared_prefix = bool(shared_prefix)
         self.tokenizer = tokenizer
         self.template = check_template(template)
         if max_length < 8:
@@ -495,8 +502,9 @@ class Reader:
         return self._encode_items([(example, list(passages), target)], reserve_target=True)[0]
 
     def _encode_items(self, items: Sequence[tuple[Any, list[str], str | None]], reserve_target: bool = True,
-                      reserve: int = 0) -> list[Encoded]:
-        """Encode ``(example, passages, target)`` triples; ``target=None`` takes the example's answer."""
+                      reserve: int | Sequence[int] = 0) -> list[Encoded]:
+        """Encode ``(example, passages, target)`` triples; ``target=None`` takes the example's answer.
+        ``reserve``: tokens kept free after the prompt (and its target), one number or one per item."""
         prompts, targets, tids = [], [], []
         for i, (ex, ps, tg) in enumerate(items):
             if not isinstance(getattr(ex, "question", None), str):
@@ -511,7 +519,7 @@ class Reader:
         ids_list = self._encode_texts(prompts)
         out = []
         for i, ((ex, ps, _), prompt, ids, tid) in enumerate(zip(items, prompts, ids_list, tids)):
-            need = len(tid) + reserve
+            need = len(tid) + (reserve if isinstance(reserve, int) else reserve[i])
             if len(ids) + need > self.max_length or (self.max_passage_tokens is not None and ps):
                 prompt, ids, trunc = self._fit(ex.question, self.prompt_options(ex), ps, need,
                                                _example_id(ex, i))
@@ -532,7 +540,7 @@ class Reader:
     def _autocast(self):
         if self.autocast_dtype is None:
             return nullcontext()
-        return torch.autocast(device_type=self.device.type, dtype=self.autocast_dtype)
+        return autocast(self.autocast_dtype, self.device)
 
     def _pad_left(self, seqs: Sequence[Sequence[int]]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         n, L = len(seqs), max(len(s) for s in seqs)
@@ -549,15 +557,41 @@ class Reader:
     def _last_logits(self, seqs: Sequence[Sequence[int]], keep: int) -> torch.Tensor:
         """Logits of the last ``keep`` positions of each left-padded sequence: ``(n, keep, V)``."""
         ids, mask, pos = self._pad_left(seqs)  # (n, L) each
-        kwargs: dict = {"input_ids": ids, "attention_mask": mask, "use_cache": False}
+        return self._forward_keep(ids, mask, pos, keep)
+
+    def _forward_keep(self, ids: torch.Tensor, mask: torch.Tensor, pos: torch.Tensor, keep: int) -> torch.Tensor:
+        """One forward; logits of the last ``keep`` positions ``(n, keep, V)`` (only those hit the LM head)."""
+        dev = self.device
+        kwargs: dict = {"input_ids": ids.to(dev), "attention_mask": mask.to(dev), "use_cache": False}
         if self._pass_positions:
-            kwargs["position_ids"] = pos
+            kwargs["position_ids"] = pos.to(dev)
         if self._keep_arg is not None:
             kwargs[self._keep_arg] = keep
         with self._autocast():
             out = self.model(**kwargs)
         logits = out.logits if hasattr(out, "logits") else out[0]
         return logits[:, -keep:]  # (n, keep, V)
+
+    @property
+    def can_share_prefix(self) -> bool:
+        """Whether this model takes the packed shared-prefix layout (position ids and a custom 4D mask)."""
+        impl = getattr(getattr(self._base_model(), "config", None), "_attn_implementation", None) or "eager"
+        return self._pass_positions and impl in MASKABLE_ATTENTION
+
+    def _score_packed(self, encs: Sequence[Encoded], conts: list[list[list[int]]], n_cols: int,
+                      micro_batch: int | None) -> torch.Tensor:
+        """``(B, n_cols)`` summed log-probs of each row's continuations after its shared prompt, packed."""
+        lengths = [len(e.prompt_ids) + sum(len(c) for c in row) for e, row in zip(encs, conts)]
+        chunks, inverse = self._chunks(lengths, micro_batch)
+        p = next(self.model.parameters())
+        mask_dtype = p.dtype if p.dtype.is_floating_point else torch.float32
+        outs = []
+        for idx in chunks:
+            pb = pack_shared_prefix([encs[i].prompt_ids for i in idx], [conts[i] for i in idx], self._pad_id,
+                                    mask_dtype=mask_dtype)
+            logits = self._forward_keep(pb.input_ids, pb.attention_mask, pb.position_ids, pb.keep)  # (n, keep, V)
+            outs.append(packed_logp(logits, pb, n_cols))  # (n, n_cols)
+        return torch.cat(outs)[inverse.to(outs[0].device)]
 
     def _chunks(self, lengths: Sequence[int], micro_batch: int | None) -> tuple[list[list[int]], torch.Tensor]:
         """Length-sorted chunks of indices and the permutation that restores the input order."""
@@ -705,6 +739,7 @@ class Reader:
         examples: Sequence[Any],
         passages: Sequence[Sequence[str]] | None = None,
         micro_batch: int | None = None,
+        shared_prefix: bool | None = None,
     ) -> torch.Tensor:
         """Log-likelihood of each option as the answer after the prompt: ``(B, n_options)``.
 
@@ -714,7 +749,10 @@ class Reader:
         (``" B"``, or ``"B"`` for chat), tokenized in context (see :meth:`_target_ids`); when every letter is
         one token this is one forward per question with a single kept position. With ``target="option_text"``
         (cloze) each option's text is scored as the continuation of a prompt that does not list the options,
-        summed over its tokens (one sequence per option).
+        summed over its tokens. Multi-token options share their question's prompt: it is fitted once (passages
+        truncated so that the LONGEST option still fits, so every option is scored against the same context) and,
+        with ``shared_prefix`` (default: the reader's setting), computed once in one packed forward per question
+        (:mod:`jmlr.reader.prefix`); otherwise one sequence per option. Both give the same scores.
         Values are log-probabilities over the whole vocabulary, not renormalised over the options.
         """
         rows = self._check_rows(examples, passages, equal=False)
@@ -738,17 +776,20 @@ class Reader:
                 got = logp.gather(1, col.to(logp.device))  # (n, n_max)
                 outs.append(got.masked_fill(~valid.to(logp.device), float("-inf")))
             return torch.cat(outs)[inverse.to(outs[0].device)]  # (B, n_max)
-        # multi-token targets: score each option as a full continuation
-        items, where = [], []
-        for b, (ex, ls) in enumerate(zip(examples, letters)):
-            for j, L in enumerate(ls):
-                items.append((ex, rows[b], target_string(self.template, L, ex.options, kind)))
-                where.append((b, j))
-        flat = self._seq_loglik(items, (len(items),), False, micro_batch)
+        # multi-token targets: every option continues ONE prompt per question, fitted for the longest option
+        encs = self._encode_items([(ex, rows[b], None) for b, ex in enumerate(examples)], reserve_target=False,
+                                  reserve=[max(len(t) for t in row) for row in tids])
+        share = self.shared_prefix if shared_prefix is None else shared_prefix
+        if share and self.can_share_prefix:
+            self.tokens_seen += sum(len(e.prompt_ids) + sum(len(t) for t in row) for e, row in zip(encs, tids))
+            return self._score_packed(encs, tids, n_max, micro_batch)  # (B, n_max)
+        flat_encs = [Encoded(e.prompt, e.prompt_ids, t, e.truncated) for e, row in zip(encs, tids) for t in row]
+        self.tokens_seen += sum(len(e.prompt_ids) + len(e.target_ids) for e in flat_encs)
+        flat = self._token_logp(flat_encs, micro_batch)[0].sum(-1)  # (sum of option counts,)
         scores = torch.full((B, n_max), float("-inf"), device=flat.device)
-        bi = torch.as_tensor([w[0] for w in where], device=flat.device)
-        ji = torch.as_tensor([w[1] for w in where], device=flat.device)
-        return scores.index_put((bi, ji), flat)
+        bi = torch.as_tensor([b for b, row in enumerate(tids) for _ in row], device=flat.device)
+        ji = torch.as_tensor([j for row in tids for j in range(len(row))], device=flat.device)
+        return scores.index_put((bi, ji), flat)  # (B, n_max)
 
     def predict(
         self,

@@ -31,8 +31,13 @@ def refresh_policy(cfg) -> str:
 class RetrievalState:
     """Index + refresher for one training run (see module docstring)."""
 
-    def __init__(self, retriever, doc_texts: list[str], cfg, rank: int = 0, world: int = 1, progress: bool = False):
+    def __init__(self, retriever, doc_texts: list[str], cfg, rank: int = 0, world: int = 1, progress: bool = False,
+                 precision=None):
+        from jmlr.core.precision import resolve_precision
+
         self.retriever = retriever
+        # corpus encoding runs under the run's precision (a resolved Precision, or cfg.optim.precision here)
+        self.precision = precision if precision is not None else resolve_precision(cfg.optim.precision, "cpu")
         self.doc_texts = doc_texts
         self.cfg = cfg
         self.rank, self.world = rank, world
@@ -58,7 +63,7 @@ class RetrievalState:
         self.refresher = AsyncRefresher(
             self.retriever, (rows, self.doc_texts[self.start:self.end]), policy=self.policy, index_type=ic.type,
             index_kwargs=kwargs, probe_size=self.cfg.refresh.probe_size, seed=self.cfg.seed, index=index,
-            autocast_dtype="bfloat16" if self.cfg.optim.bf16 else None, progress=self.progress)
+            autocast_dtype=self.precision.dtype, progress=self.progress)
 
     def load(self, folder: str | Path, version: int | None = None) -> None:
         """Adopt the index saved by :meth:`save` (the exact index a checkpoint was trained against)."""
@@ -93,6 +98,11 @@ class RetrievalState:
             r.refresh_now(blocking=True, step=step)
             return True
         return False
+
+    @property
+    def dim(self) -> int:
+        """Embedding dimension of the served index."""
+        return self.refresher.index.dim
 
     @property
     def version(self) -> int:

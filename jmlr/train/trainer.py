@@ -21,6 +21,7 @@ import torch
 from torch import nn
 
 from jmlr.config import TrainConfig, save_config, to_dict
+from jmlr.core.precision import Precision, resolve_precision
 from jmlr.train import checkpoint as ckpt
 
 logger = logging.getLogger(__name__)
@@ -192,6 +193,9 @@ class JointTrainer:
         self.rank, self.world = acc.process_index, acc.num_processes
         self.device = acc.device
         self.is_main = acc.is_main_process
+        self.precision = resolve_precision(cfg.optim.precision, self.device)
+        if self.is_main:
+            logger.info("precision: %s", self.precision)
 
         if not cfg.retriever.train_docs or cfg.retriever.frozen:
             self.retriever.freeze_doc_tower()
@@ -219,7 +223,7 @@ class JointTrainer:
         from jmlr.train.retrieval import RetrievalState
 
         self.retrieval = RetrievalState(self.retriever, self.doc_texts, cfg, rank=self.rank, world=self.world,
-                                        progress=self.progress and self.is_main)
+                                        progress=self.progress and self.is_main, precision=self.precision)
         if cfg.resume:
             self.load_checkpoint(cfg.resume)
         else:
@@ -237,8 +241,8 @@ class JointTrainer:
 
         cfg = self.cfg
         self.setup()
-        bar = tqdm(total=cfg.optim.steps, initial=self.step, desc="joint", disable=not (self.progress and self.is_main),
-                   dynamic_ncols=True)
+        bar = tqdm(total=cfg.optim.steps, initial=self.step, desc=f"joint [{self.precision.name}]",
+                   disable=not (self.progress and self.is_main), dynamic_ncols=True)
         last_acc = None
         while self.step < cfg.optim.steps:
             t0 = time.perf_counter()
@@ -248,7 +252,7 @@ class JointTrainer:
             if self.step < cfg.optim.steps:  # after the last step, finish() below rebuilds the index anyway
                 self.retrieval.maybe_refresh(self.step)  # async re-encode + swap between steps
             row = {"step": self.step, "loss": loss_value, **stats, "index_version": self.retrieval.version,
-                   "step_s": self.costs.step_times[-1]}
+                   "step_s": self.costs.step_times[-1], "precision": self.precision.name}
             self.history.append(row)
             if self.is_main and (self.step % max(cfg.log_every, 1) == 0):
                 self._log(row)
@@ -354,8 +358,7 @@ class JointTrainer:
         return cand.gather(1, pick)
 
     def _autocast(self):
-        dev = "cuda" if self.device.type == "cuda" else "cpu"
-        return torch.autocast(dev, dtype=torch.bfloat16, enabled=self.cfg.optim.bf16)
+        return self.precision.autocast(self.device)
 
     # ------------------------------------------------------------------ evaluation
     @torch.no_grad()
@@ -364,8 +367,9 @@ class JointTrainer:
         t0 = time.perf_counter()
         self.setup()
         res = evaluate_joint(self.retriever, self.reader, self.retrieval, self.doc_texts, self.corpus, examples,
-                             top_k=self.cfg.index.top_k, use_retrieval=retrieval, bf16=self.cfg.optim.bf16,
-                             progress=self.progress and self.is_main, recall_ks=(1, 5, 20) if k is None else (k,))
+                             top_k=self.cfg.index.top_k, use_retrieval=retrieval, precision=self.precision,
+                             progress=self.progress and self.is_main, recall_ks=(1, 5, 20) if k is None else (k,),
+                             rank=self.rank, world=self.world)
         res.update(split=split, step=self.step, index_version=self.retrieval.version)
         self.costs.eval_s += time.perf_counter() - t0
         self.evals.append(res)
@@ -440,6 +444,7 @@ class JointTrainer:
             "final_loss": self.history[-1]["loss"] if self.history else None,
             "losses": [h["loss"] for h in self.history],
             "evals": self.evals,
+            "precision": self.precision.as_dict(),
             "costs": self.costs.summary(self.n_reader_params, self.n_retriever_params, self.retrieval.stats(),
                                         retriever_trains=not self.cfg.retriever.frozen),
         }
@@ -458,34 +463,72 @@ def _tensorboard(path: Path):
 
 @torch.no_grad()
 def evaluate_joint(retriever, reader, state, doc_texts, corpus, examples, top_k: int = 4,
-                   use_retrieval: bool = True, bf16: bool = True, progress: bool = True, batch_size: int = 8,
-                   recall_ks=(1, 5, 20)) -> dict:
+                   use_retrieval: bool = True, precision: Precision | str | None = None, progress: bool = True,
+                   batch_size: int = 8, recall_ks=(1, 5, 20), rank: int = 0, world: int = 1,
+                   return_predictions: bool = False) -> dict:
     """Accuracy of ``reader`` on ``examples`` with the top-``top_k`` passages from ``state`` (a
-    RetrievalState), or closed-book when ``use_retrieval`` is False, plus Recall@k of the gold passages."""
+    RetrievalState), or closed-book when ``use_retrieval`` is False, plus Recall@k of the gold passages.
+
+    ``precision``: a resolved :class:`~jmlr.core.precision.Precision` or ``auto | fp32 | bf16 | fp16`` (default
+    ``auto`` on the reader's device). Examples are batched by length (similar prompts together: less padding).
+    With ``world > 1`` (torchrun) each rank scores every ``world``-th example and the results are gathered, so
+    every rank returns the same, full result; every rank must call this (the sharded search is collective).
+    ``return_predictions`` adds ``predictions`` (letter per example) and ``ranked`` (top corpus ids per example).
+    """
     from tqdm.auto import tqdm
 
     from jmlr.eval.mcq import mcq_accuracy
     from jmlr.eval.retrieval import retrieval_metrics
 
-    preds, ranked = [], []
-    kmax = max(max(recall_ks), top_k)
-    for i in tqdm(range(0, len(examples), batch_size), desc="eval", disable=not progress, leave=False):
-        batch = examples[i:i + batch_size]
-        passages = None
-        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
-            q = retriever.encode_queries([ex.question for ex in batch], batch_size=len(batch), progress=False)
-        _, cand = state.search(q.float(), min(kmax, len(doc_texts)))  # (b, kmax)
-        ranked += [[corpus.ids[j] for j in row] for row in cand.tolist()]
-        if use_retrieval:
-            passages = [[doc_texts[j] for j in row[:top_k]] for row in cand.tolist()]
-        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
-            preds += reader.predict(batch, passages)
-    res = mcq_accuracy(preds, [ex.answer for ex in examples])
+    amp = precision if isinstance(precision, Precision) else resolve_precision(precision or "auto", reader.device)
+    n = len(examples)
+    mine = list(range(rank, n, world))  # this rank's share
+    mine.sort(key=lambda i: _length_key(examples[i]))
+    n_batches = math.ceil(math.ceil(n / world) / batch_size)  # the same on every rank: search is collective
+    kmax = min(max(max(recall_ks), top_k), len(doc_texts))
+    preds: dict[int, Any] = {}
+    ranked: dict[int, list] = {}
+    for s in tqdm(range(n_batches), desc="eval", disable=not progress, leave=False):
+        idx = mine[s * batch_size:(s + 1) * batch_size]
+        batch = [examples[i] for i in idx]
+        with amp.autocast(reader.device):
+            q = retriever.encode_queries([ex.question for ex in batch], batch_size=max(len(batch), 1),
+                                         progress=False) if batch else None
+        if q is None:  # this rank has run out of examples but still joins the collective search
+            q = torch.zeros((0, state.dim), dtype=torch.float32)
+        _, cand = state.search(q.float(), kmax)  # (b, kmax)
+        rows = cand.tolist()
+        for i, row in zip(idx, rows):
+            ranked[i] = [corpus.ids[j] for j in row]
+        if not batch:
+            continue
+        passages = [[doc_texts[j] for j in row[:top_k]] for row in rows] if use_retrieval else None
+        with amp.autocast(reader.device):
+            for i, p in zip(idx, reader.predict(batch, passages)):
+                preds[i] = p
+    if world > 1:
+        import torch.distributed as dist
+
+        parts: list = [None] * world
+        dist.all_gather_object(parts, (preds, ranked))  # once per evaluation, off the training hot path
+        for p, r in parts:
+            preds.update(p)
+            ranked.update(r)
+    res = mcq_accuracy([preds[i] for i in range(n)], [ex.answer for ex in examples])
     golds = [list(ex.gold_passage_ids) for ex in examples]
     if any(golds):
-        res.update(retrieval_metrics(ranked, golds, ks=recall_ks))
+        res.update(retrieval_metrics([ranked[i] for i in range(n)], golds, ks=recall_ks))
     res["retrieval"] = use_retrieval
+    res["precision"] = amp.name
+    if return_predictions:
+        res["predictions"] = [preds[i] for i in range(n)]
+        res["ranked"] = [ranked[i] for i in range(n)]
     return res
+
+
+def _length_key(ex) -> int:
+    """A cheap proxy of an example's prompt length, for batching by length."""
+    return len(ex.question) + sum(len(str(o)) for o in (getattr(ex, "options", None) or {}).values())
 
 
 def load_data(cfg: TrainConfig):

@@ -63,7 +63,7 @@ def _main(argv, capsys):
 
 def test_cli_runs_each_stage(tiny_reader_dir, tmp_path, capsys):
     common = [f"model.model={tiny_reader_dir}", "model.max_length=256", "optim.steps=2", "optim.batch_size=2",
-              "optim.bf16=false", "--no-progress"]
+              "optim.precision=fp32", "--no-progress"]
     cases = tmp_path / "cases.jsonl"
     cases.write_text((ROOT / "configs/stages/data/cases.jsonl").read_text())
     rc, s = _main(["sft", f"output_dir={tmp_path}/sft", "data.qa=", "data.passages=none",

@@ -50,7 +50,7 @@ PAIRS = [PreferencePair("Is drug X safe in pregnancy?", "No, avoid it.", "Yes, a
 
 def _cfg(tmp_path, name, **kw):
     cfg = DPOConfig(output_dir=str(tmp_path / name))
-    cfg.optim.bf16, cfg.optim.lr, cfg.optim.schedule, cfg.optim.max_grad_norm = False, 5e-3, "constant", 0.0
+    cfg.optim.precision, cfg.optim.lr, cfg.optim.schedule, cfg.optim.max_grad_norm = "fp32", 5e-3, "constant", 0.0
     cfg.optim.batch_size, cfg.optim.steps = 3, 8
     for k, v in kw.items():
         setattr(cfg, k, v)

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from _ports import free_port
 
 HERE = Path(__file__).resolve().parent
 SCRIPT = HERE / "dist_step_script.py"
@@ -24,7 +25,7 @@ def test_two_ranks_match_single_process(tmp_path, tiny_encoder_dir, tiny_reader_
                        env=env, capture_output=True, text=True, timeout=600)
     assert r.returncode == 0, r.stderr[-3000:]
     dist = tmp_path / "dist.pt"
-    r = subprocess.run([torchrun, "--nproc_per_node", "2", "--master_port", "29533", str(SCRIPT), tiny_encoder_dir,
+    r = subprocess.run([torchrun, "--nproc_per_node", "2", "--master_port", str(free_port()), str(SCRIPT), tiny_encoder_dir,
                         tiny_reader_dir, str(dist), "1"], env=env, capture_output=True, text=True, timeout=600)
     assert r.returncode == 0, r.stderr[-3000:]
     a, b = torch.load(single), torch.load(dist)

@@ -33,7 +33,7 @@ def tiny_data(n_questions=16):
 def make_trainer(tmp_path, enc_dir, reader_dir, overrides=(), data=None):
     cfg = load_config(None, ["optim.steps=8", "optim.batch_size=2", "index.top_k=3", "eval_every=0",
                              f"output_dir={tmp_path}", "refresh.every=2", "refresh.asynchronous=false",
-                             "reader.lr=3e-3", "retriever.lr=1e-3", "optim.warmup_steps=0", "optim.bf16=false",
+                             "reader.lr=3e-3", "retriever.lr=1e-3", "optim.warmup_steps=0", "optim.precision=fp32",
                              "refresh.probe_size=8", *overrides])
     corpus, qa = data or tiny_data()
     return JointTrainer(cfg, DualEncoder.from_pretrained(enc_dir), Reader.from_pretrained(reader_dir, max_length=128),

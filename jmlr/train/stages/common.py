@@ -1,7 +1,7 @@
 """What every stage recipe shares: config sections, reader loading, sequence log-probs and the training loop.
 
 The loop (:func:`train_loop`) reads top to bottom like nanoGPT's: for each optimizer step it takes
-``grad_accum`` micro-batches, runs each forward under optional bf16 autocast, divides the summed loss by the
+``grad_accum`` micro-batches, runs each forward under the autocast of ``optim.precision``, divides the summed loss by the
 number of loss units of the WHOLE step (tokens for language modelling, pairs for DPO, so that gradient
 accumulation gives the same gradient as one big batch), steps AdamW with warmup + schedule and clipping,
 logs a JSONL row, and stops at the step budget (or when the data runs out). At the end it saves the reader
@@ -20,7 +20,6 @@ import os
 import random
 import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
-from contextlib import nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -67,7 +66,7 @@ class StageOptimConfig:
     schedule: str = _f("cosine", "learning-rate schedule after warmup: linear, cosine or constant")
     max_grad_norm: float = _f(1.0, "gradient clipping norm (0 = off)")
     weight_decay: float = _f(0.0, "AdamW weight decay")
-    bf16: bool = _f(True, "bf16 autocast (CPU with AVX-512 BF16, or GPU); weights stay fp32")
+    precision: str = _f("auto", "autocast precision: auto (bf16 only where the device runs it natively, else fp32), fp32, bf16 or fp16; weights stay fp32")
 
 
 # ------------------------------------------------------------------------------------------ small helpers
@@ -299,8 +298,10 @@ def train_loop(
     n_trainable = sum(p.numel() for p in params)
     optim = torch.optim.AdamW(params, lr=optim_cfg.lr, weight_decay=optim_cfg.weight_decay)
     sched = _scheduler(optim, optim_cfg)
-    autocast = (torch.autocast(device_type=device.type, dtype=torch.bfloat16) if optim_cfg.bf16
-                else nullcontext())
+    from jmlr.core.precision import resolve_precision
+
+    precision = resolve_precision(optim_cfg.precision, device)
+    autocast = precision.autocast(device)
     log_path = out / "metrics.jsonl"
     log_path.write_text("")  # a fresh log per run
     model.train()
@@ -311,7 +312,7 @@ def train_loop(
     epoch = 0.0
     step = 0
     exhausted = False
-    bar = tqdm(total=optim_cfg.steps, desc=stage, disable=not progress, dynamic_ncols=True)
+    bar = tqdm(total=optim_cfg.steps, desc=f"{stage} [{precision.name}]", disable=not progress, dynamic_ncols=True)
     with open(log_path, "a", encoding="utf-8") as log:
         while step < optim_cfg.steps and not exhausted:
             if optim_cfg.epochs and epoch >= optim_cfg.epochs:
@@ -379,6 +380,7 @@ def train_loop(
         "tokens_per_s": tokens / train_s if train_s > 0 else 0.0, "n_params": n_params, "n_trainable": n_trainable,
         "flops_est": flops, "first_loss": losses[0], "final_loss": losses[-1], "losses": losses,
         "output_dir": str(out), "model_dir": None if model_dir is None else str(model_dir),
+        "precision": precision.as_dict(),
     }
     summary.update(extra_summary or {})
     write_json_atomic(out / "summary.json", summary)

@@ -178,18 +178,19 @@ def _schedule(n: int, cfg: DPOConfig) -> list[tuple[list[int], float]]:
     return out
 
 
-def _reference_logps(model, enc: Sequence[EncodedPair], schedule, pad_id: int, bf16: bool, device,
+def _reference_logps(model, enc: Sequence[EncodedPair], schedule, pad_id: int, precision: str, device,
                      progress: bool) -> tuple[dict[int, tuple[float, float]], int]:
     """Reference log-probs ``{pair index: (chosen, rejected)}`` for the scheduled batches, and tokens read."""
     import torch
-    from contextlib import nullcontext
     from tqdm.auto import tqdm
 
     ref: dict[int, tuple[float, float]] = {}
     tokens = 0
     was_training = model.training
     model.eval()
-    autocast = torch.autocast(device_type=device.type, dtype=torch.bfloat16) if bf16 else nullcontext()
+    from jmlr.core.precision import resolve_precision
+
+    autocast = resolve_precision(precision, device).autocast(device)
     todo, seen = [], set()
     for idx, _ in schedule:  # score each pair once, in the first training batch that holds it
         if any(i not in seen for i in idx):
@@ -251,7 +252,7 @@ def run_dpo(cfg: DPOConfig, reader=None, pairs: Sequence[PreferencePair] | None 
     else:
         ref_model = reader.model
     n_params_ref = sum(p.numel() for p in ref_model.parameters())
-    ref, ref_tokens = _reference_logps(ref_model, enc, schedule, pad, cfg.optim.bf16, reader.device, progress)
+    ref, ref_tokens = _reference_logps(ref_model, enc, schedule, pad, cfg.optim.precision, reader.device, progress)
     if cfg.ref_model:
         del ref_model, ref_reader
 

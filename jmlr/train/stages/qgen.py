@@ -101,7 +101,8 @@ class QGenConfig:
     min_support: float = _f(0.5, "min fraction of the answer's content words found in the passage")
     max_copy: float = _f(0.8, "reject a question when a run of its words this large a fraction of it is copied")
     shuffle_options: bool = _f(True, "shuffle the options of accepted questions (seeded)")
-    bf16: bool = _f(False, "bf16 autocast during generation")
+    precision: str = _f("auto", "autocast precision during generation: auto (bf16 only where native), fp32, "
+                                "bf16 or fp16")
 
 
 # ------------------------------------------------------------------------------------------ parsing
@@ -414,7 +415,6 @@ def run_qgen(cfg: QGenConfig, reader=None, passages: Sequence[Passage] | None = 
     Returns the summary: generated / accepted counts, acceptance rate, the count of every rejection reason,
     wall time, generated tokens and a FLOPs estimate (``2 * N * tokens`` for prompt + generated tokens).
     """
-    import torch
 
     from jmlr.data import save_qa
 
@@ -423,8 +423,9 @@ def run_qgen(cfg: QGenConfig, reader=None, passages: Sequence[Passage] | None = 
     t0 = time.perf_counter()
     seed_everything(cfg.seed)
     reader = reader if reader is not None else load_reader(cfg.model)
-    if cfg.bf16:
-        reader.autocast_dtype = torch.bfloat16
+    from jmlr.core.precision import resolve_precision
+
+    reader.autocast_dtype = resolve_precision(cfg.precision, reader.device, key="precision").dtype
     if passages is None:
         passages = _pick_passages(resolve_corpus(cfg.data.corpus, cfg.data.corpus_format or None), cfg.data, cfg.seed)
     passages = list(passages)
