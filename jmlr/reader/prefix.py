@@ -23,9 +23,12 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import NamedTuple
 
+import inspect
+
 import torch
 
-__all__ = ["PackedBatch", "pack_shared_prefix", "packed_logp", "MASKABLE_ATTENTION"]
+__all__ = ["PackedBatch", "pack_shared_prefix", "packed_logp", "packed_forward", "supports_packing",
+           "MASKABLE_ATTENTION"]
 
 MASKABLE_ATTENTION = ("sdpa", "eager")
 """Attention implementations that honour a custom 4D mask (the packed layout needs one)."""
@@ -105,3 +108,30 @@ def packed_logp(logits: torch.Tensor, batch: PackedBatch, n_cols: int) -> torch.
     seen = torch.zeros(n * n_cols, device=dev, dtype=torch.bool)
     seen[rows * n_cols + opt] = True
     return flat.masked_fill(~seen, float("-inf")).view(n, n_cols)
+
+
+def _base(model):
+    return model.get_base_model() if hasattr(model, "peft_config") and hasattr(model, "get_base_model") else model
+
+
+def supports_packing(model) -> bool:
+    """Whether ``model`` (optionally peft-wrapped) takes ``position_ids`` and a custom 4D attention mask."""
+    base = _base(model)
+    impl = getattr(getattr(base, "config", None), "_attn_implementation", None) or "eager"
+    return "position_ids" in inspect.signature(base.forward).parameters and impl in MASKABLE_ATTENTION
+
+
+def packed_forward(model, batch: PackedBatch, n_cols: int) -> torch.Tensor:
+    """Run ``model`` on a :class:`PackedBatch` and return ``(n, n_cols)`` summed continuation log-probs (with
+    gradient when enabled); only the last ``batch.keep`` positions go through the LM head where the model
+    takes ``logits_to_keep``."""
+    dev = next(model.parameters()).device
+    params = inspect.signature(_base(model).forward).parameters
+    kwargs = {"input_ids": batch.input_ids.to(dev), "attention_mask": batch.attention_mask.to(dev),
+              "position_ids": batch.position_ids.to(dev), "use_cache": False}
+    keep_arg = next((n for n in ("logits_to_keep", "num_logits_to_keep") if n in params), None)
+    if keep_arg is not None:
+        kwargs[keep_arg] = batch.keep
+    out = model(**kwargs)
+    logits = out.logits if hasattr(out, "logits") else out[0]
+    return packed_logp(logits[:, -batch.keep:], batch, n_cols)

@@ -39,7 +39,7 @@ import torch.nn.functional as F
 from jmlr.core.precision import autocast
 
 from .parse import parse_answer
-from .prefix import MASKABLE_ATTENTION, pack_shared_prefix, packed_logp
+from .prefix import pack_shared_prefix, packed_logp, supports_packing
 from .prompts import TARGET_KINDS, build_prompt, check_template, target_string
 
 logger = logging.getLogger(__name__)
@@ -575,8 +575,7 @@ class Reader:
     @property
     def can_share_prefix(self) -> bool:
         """Whether this model takes the packed shared-prefix layout (position ids and a custom 4D mask)."""
-        impl = getattr(getattr(self._base_model(), "config", None), "_attn_implementation", None) or "eager"
-        return self._pass_positions and impl in MASKABLE_ATTENTION
+        return supports_packing(self.model)
 
     def _score_packed(self, encs: Sequence[Encoded], conts: list[list[list[int]]], n_cols: int,
                       micro_batch: int | None) -> torch.Tensor:

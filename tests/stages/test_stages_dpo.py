@@ -113,3 +113,46 @@ def test_dpo_with_lora_starts_at_log2(reader, tmp_path):
     s = run_dpo(cfg, reader=reader, pairs=PAIRS, progress=False)
     assert abs(s["first_loss"] - math.log(2)) < 1e-5 and s["n_trainable"] < s["n_params"] / 10
     assert s["final_loss"] < s["first_loss"]
+
+
+def test_shared_prefix_pairs_equal_two_full_sequences(reader):
+    """Chosen and rejected after ONE pass of their prompt give the log-probs, and the gradients, of two
+    right-padded full sequences."""
+    from jmlr.train.stages.dpo import _packed, _pair_logps
+
+    enc, _ = encode_pairs(PAIRS, reader)
+    pad = reader.tokenizer.pad_token_id or 0
+    assert _packed(enc, pad, torch.float32) is not None  # every pair's prompts tokenize the same
+    model = reader.model
+    grads = []
+    for shared in (True, False):
+        model.zero_grad(set_to_none=True)
+        c, r, n = _pair_logps(model, enc, pad, shared)
+        (c.sum() - 0.5 * r.sum()).backward()
+        grads.append({k: p.grad.clone() for k, p in model.named_parameters() if p.grad is not None})
+        if shared:
+            packed = (c.detach(), r.detach(), n)
+        else:
+            full = (c.detach(), r.detach(), n)
+    t = _tensors(enc, pad)
+    ref, _ = sequence_logps(model, t["input_ids"], t["attention_mask"], t["labels"], full_logits=True)
+    torch.testing.assert_close(full[0], ref[:3].detach(), rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(packed[0], full[0], rtol=1e-5, atol=1e-4)
+    torch.testing.assert_close(packed[1], full[1], rtol=1e-5, atol=1e-4)
+    assert packed[2] < full[2]  # the prompt ran once per pair, not twice
+    assert grads[0].keys() == grads[1].keys() and len(grads[0]) > 5
+    for k in grads[0]:
+        torch.testing.assert_close(grads[0][k], grads[1][k], rtol=1e-4, atol=1e-5, msg=k)
+    model.zero_grad(set_to_none=True)
+
+
+def test_dpo_run_is_the_same_with_and_without_shared_prefix(reader, tmp_path):
+    import copy
+
+    runs = []
+    for shared in (True, False):
+        r = copy.deepcopy(reader)
+        runs.append(run_dpo(_cfg(tmp_path, f"dpo-{shared}", beta=0.5, shared_prefix=shared), reader=r, pairs=PAIRS,
+                            progress=False))
+    assert runs[0]["losses"] == pytest.approx(runs[1]["losses"], rel=1e-4, abs=1e-5)
+    assert runs[0]["tokens"] < runs[1]["tokens"]

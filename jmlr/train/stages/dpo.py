@@ -34,9 +34,10 @@ from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 
 from jmlr.config import _f
+from jmlr.reader.prefix import PackedBatch, pack_shared_prefix, packed_forward, supports_packing
 
-from .common import (StageModelConfig, StageOptimConfig, StepBatch, epoch_batches, iter_json_lines, load_reader,
-                     right_pad, save_stage_config, seed_everything, sequence_logps, train_loop)
+from .common import (IGNORE_INDEX, StageModelConfig, StageOptimConfig, StepBatch, epoch_batches, iter_json_lines,
+                     load_reader, right_pad, save_stage_config, seed_everything, sequence_logps, train_loop)
 from .sft import EncodedSFT, SFTExample, encode_sft, format_instruction
 
 __all__ = ["DPOConfig", "DPODataConfig", "PreferencePair", "load_preferences", "dpo_loss", "encode_pairs",
@@ -66,6 +67,8 @@ class DPOConfig:
     beta: float = _f(0.1, "DPO temperature beta: how far the policy may move from the reference")
     label_smoothing: float = _f(0.0, "conservative DPO: probability that a preference label is flipped (0..0.5)")
     ref_model: str = _f("", "reference model (alias/folder); '' = the policy before training")
+    shared_prefix: bool = _f(True, "score chosen and rejected after ONE pass of their shared prompt (packed rows "
+                                   "with a block mask, jmlr.reader.prefix); False = two full sequences per pair")
     model: StageModelConfig = field(default_factory=StageModelConfig, metadata={"help": "the policy to train"})
     data: DPODataConfig = field(default_factory=DPODataConfig, metadata={"help": "preference pairs"})
     optim: StageOptimConfig = field(default_factory=lambda: StageOptimConfig(lr=1e-6, batch_size=2),
@@ -167,6 +170,38 @@ def _tensors(rows: Sequence[EncodedPair], pad_id: int) -> dict:
     return right_pad([s.input_ids for s in seqs], [s.labels for s in seqs], pad_id)
 
 
+def _split(e: EncodedSFT) -> tuple[list[int], list[int]]:
+    """(prompt ids, response ids) of an encoded pair: the response is where the labels start."""
+    first = next(i for i, lab in enumerate(e.labels) if lab != IGNORE_INDEX)
+    return list(e.input_ids[:first]), list(e.input_ids[first:])
+
+
+def _packed(rows: Sequence[EncodedPair], pad_id: int, mask_dtype) -> PackedBatch | None:
+    """One packed row per pair, ``prompt | chosen | rejected`` (see :mod:`jmlr.reader.prefix`), or ``None``
+    when a pair's two prompts were tokenized differently (then the batch runs as full sequences)."""
+    prompts, conts = [], []
+    for r in rows:
+        (pc, c), (pr, rj) = _split(r.chosen), _split(r.rejected)
+        if pc != pr or not pc:
+            return None
+        prompts.append(pc)
+        conts.append([c, rj])
+    return pack_shared_prefix(prompts, conts, pad_id, mask_dtype=mask_dtype)
+
+
+def _pair_logps(model, rows: Sequence[EncodedPair], pad_id: int, shared_prefix: bool):
+    """``(chosen (B,), rejected (B,), tokens computed)`` log-probs of the responses under ``model``."""
+    p = next(model.parameters())
+    packed = _packed(rows, pad_id, p.dtype) if shared_prefix else None
+    if packed is not None:
+        logp = packed_forward(model, packed, 2)  # (B, 2)
+        return logp[:, 0], logp[:, 1], int(packed.tokens.numel() + sum(len(_split(r.chosen)[0]) for r in rows))
+    t = {k: v.to(p.device) for k, v in _tensors(rows, pad_id).items()}
+    logp, _ = sequence_logps(model, t["input_ids"], t["attention_mask"], t["labels"])  # (2B,)
+    B = len(rows)
+    return logp[:B], logp[B:], int(t["attention_mask"].sum())
+
+
 def _schedule(n: int, cfg: DPOConfig) -> list[tuple[list[int], float]]:
     """The exact micro-batches (indices, epoch) the step budget will consume."""
     total = cfg.optim.steps * cfg.optim.grad_accum
@@ -179,7 +214,7 @@ def _schedule(n: int, cfg: DPOConfig) -> list[tuple[list[int], float]]:
 
 
 def _reference_logps(model, enc: Sequence[EncodedPair], schedule, pad_id: int, precision: str, device,
-                     progress: bool) -> tuple[dict[int, tuple[float, float]], int]:
+                     progress: bool, shared_prefix: bool = True) -> tuple[dict[int, tuple[float, float]], int]:
     """Reference log-probs ``{pair index: (chosen, rejected)}`` for the scheduled batches, and tokens read."""
     import torch
     from tqdm.auto import tqdm
@@ -198,13 +233,10 @@ def _reference_logps(model, enc: Sequence[EncodedPair], schedule, pad_id: int, p
             seen.update(idx)
     with torch.no_grad(), autocast:
         for idx in tqdm(todo, desc="dpo reference", disable=not progress, leave=False):
-            t = {k: v.to(device) for k, v in _tensors([enc[i] for i in idx], pad_id).items()}
-            logp, _ = sequence_logps(model, t["input_ids"], t["attention_mask"], t["labels"])  # (2B,)
-            logp = logp.float().cpu()
-            B = len(idx)
+            chosen, rejected, n = _pair_logps(model, [enc[i] for i in idx], pad_id, shared_prefix)
             for j, i in enumerate(idx):
-                ref.setdefault(i, (float(logp[j]), float(logp[B + j])))
-            tokens += int(t["attention_mask"].sum())
+                ref.setdefault(i, (float(chosen[j]), float(rejected[j])))
+            tokens += n
     model.train(was_training)
     return ref, tokens
 
@@ -239,6 +271,7 @@ def run_dpo(cfg: DPOConfig, reader=None, pairs: Sequence[PreferencePair] | None 
         raise ValueError(f"no preference pair fits in max_length={reader.max_length}")
     pad = reader.tokenizer.pad_token_id if reader.tokenizer.pad_token_id is not None else 0
     schedule = _schedule(len(enc), cfg)
+    shared_prefix = cfg.shared_prefix and supports_packing(reader.model)
 
     # the frozen reference: log-probs computed once, before the policy moves
     if cfg.ref_model:
@@ -252,22 +285,23 @@ def run_dpo(cfg: DPOConfig, reader=None, pairs: Sequence[PreferencePair] | None 
     else:
         ref_model = reader.model
     n_params_ref = sum(p.numel() for p in ref_model.parameters())
-    ref, ref_tokens = _reference_logps(ref_model, enc, schedule, pad, cfg.optim.precision, reader.device, progress)
+    ref, ref_tokens = _reference_logps(ref_model, enc, schedule, pad, cfg.optim.precision, reader.device, progress,
+                                       shared_prefix)
     if cfg.ref_model:
         del ref_model, ref_reader
 
     def batches() -> Iterator[StepBatch]:
         for idx, epoch in schedule:
             rows = [enc[i] for i in idx]
-            t = _tensors(rows, pad)
-            t["ref_chosen"] = torch.tensor([ref[i][0] for i in idx])
-            t["ref_rejected"] = torch.tensor([ref[i][1] for i in idx])
-            yield StepBatch(t, n_units=len(idx), n_tokens=int(t["attention_mask"].sum()), epoch=epoch)
+            n_tok = (sum(len(r.chosen.input_ids) + len(_split(r.rejected)[1]) for r in rows) if shared_prefix
+                     else sum(len(r.chosen.input_ids) + len(r.rejected.input_ids) for r in rows))
+            t = {"rows": idx, "ref_chosen": torch.tensor([ref[i][0] for i in idx]),
+                 "ref_rejected": torch.tensor([ref[i][1] for i in idx])}
+            yield StepBatch(t, n_units=len(idx), n_tokens=n_tok, epoch=epoch)
 
     def loss_fn(model, t: dict):
-        logp, _ = sequence_logps(model, t["input_ids"], t["attention_mask"], t["labels"])  # (2B,)
-        B = t["ref_chosen"].shape[0]
-        losses, rc, rr = dpo_loss(logp[:B].float(), logp[B:].float(), t["ref_chosen"], t["ref_rejected"],
+        chosen, rejected, _ = _pair_logps(model, [enc[i] for i in t["rows"]], pad, shared_prefix)  # (B,) each
+        losses, rc, rr = dpo_loss(chosen.float(), rejected.float(), t["ref_chosen"], t["ref_rejected"],
                                   cfg.beta, cfg.label_smoothing)  # (B,)
         stats = {"reward_acc": float((rc > rr).float().mean()), "reward_margin": float((rc - rr).mean()),
                  "chosen_reward": float(rc.mean()), "rejected_reward": float(rr.mean())}
