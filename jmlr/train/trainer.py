@@ -219,7 +219,7 @@ class JointTrainer:
         from jmlr.train.retrieval import RetrievalState
 
         self.retrieval = RetrievalState(self.retriever, self.doc_texts, cfg, rank=self.rank, world=self.world,
-                                        progress=self.progress and self.is_main)
+                                        progress=self.progress and self.is_main, device=self.device)
         if cfg.resume:
             self.load_checkpoint(cfg.resume)
         else:
