@@ -154,17 +154,18 @@ class JointTrainer:
     def from_config(cls, cfg: TrainConfig, progress: bool = True) -> "JointTrainer":
         """Load models and data named by ``cfg`` (aliases resolve to the bundled offline models)."""
         from jmlr.reader import Reader
+        from jmlr.reader.loading import reader_load_kwargs
         from jmlr.retriever import DualEncoder
 
+        reader_kw = reader_load_kwargs(cfg.reader)  # LoRA, dtype, attention, quantisation: checked before loading
         train, dev, _test, corpus = load_data(cfg)
         retriever = DualEncoder.from_pretrained(cfg.retriever.model, shared=cfg.retriever.shared_towers,
                                                 pooling=cfg.retriever.pooling, normalize=cfg.retriever.normalize,
                                                 max_length=cfg.retriever.max_length)
-        lora = {"r": cfg.reader.lora_r, "lora_alpha": cfg.reader.lora_alpha} if cfg.reader.lora else None
         reader = Reader.from_pretrained(cfg.reader.model, template=cfg.reader.template,
-                                        max_length=cfg.reader.max_length, target=cfg.reader.target, lora=lora,
+                                        max_length=cfg.reader.max_length, target=cfg.reader.target,
                                         gradient_checkpointing=cfg.reader.gradient_checkpointing,
-                                        trust_remote_code=cfg.reader.trust_remote_code)
+                                        trust_remote_code=cfg.reader.trust_remote_code, **reader_kw)
         return cls(cfg, retriever, reader, corpus, train, dev, progress=progress)
 
     def _make_loss(self):
