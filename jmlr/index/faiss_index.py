@@ -141,6 +141,11 @@ class FaissIndex(BaseIndex):
 
     # ------------------------------------------------------------------ construction
     @property
+    def device(self) -> str:
+        """Where the faiss index lives: ``cuda:N`` (faiss-gpu, this rank's GPU) or ``cpu``."""
+        return f"cuda:{self.gpu}" if self._on_gpu else "cpu"
+
+    @property
     def faiss_metric(self):
         faiss = _faiss()
         return faiss.METRIC_INNER_PRODUCT if self.metric == "ip" else faiss.METRIC_L2

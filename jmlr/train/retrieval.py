@@ -154,4 +154,7 @@ class RetrievalState:
         s = self.refresher.stats() if self.refresher is not None else {}
         s.pop("records", None)
         s["policy"] = self.policy
+        index = self.refresher.index if self.refresher is not None else None
+        where = getattr(index, "embeddings", None) if getattr(index, "kind", "") == "exact" else index
+        s["index_device"] = str(getattr(where, "device", None) or "cpu")  # where the search runs
         return s
