@@ -57,3 +57,10 @@ def test_shape_counts_match_a_real_model_and_adapter(tiny_reader_dir):
 def test_table_lists_every_reader():
     t = memory_table()
     assert t.count("\n") == 1 + len(READERS) and "full, FSDP x8" in t and "| 7B (Llama-2-7B) | 6.738B |" in t
+
+
+def test_docs_table_is_the_computed_one():
+    from pathlib import Path
+
+    doc = (Path(__file__).resolve().parents[2] / "docs" / "distributed.md").read_text()
+    assert memory_table() in doc, "docs/distributed.md: paste the output of `python -m jmlr.train.memory`"
