@@ -226,8 +226,9 @@ class Reader:
             load_kw["attn_implementation"] = attn_implementation
         if quant != "none":
             load_kw["quantization_config"] = quantization_config(quant, torch_dtype)
-            dev = torch.device(device) if device is not None else torch.device(
-                "cuda", torch.cuda.current_device()) if torch.cuda.is_available() else torch.device("cpu")
+            dev = torch.device(device) if device is not None else torch.device(  # this rank's GPU under torchrun
+                "cuda", int(os.environ.get("LOCAL_RANK", torch.cuda.current_device()))) \
+                if torch.cuda.is_available() else torch.device("cpu")
             load_kw["device_map"] = {"": dev}
             device = None  # bitsandbytes weights are placed at load and cannot be moved afterwards
         adapter = Path(path) / "adapter_config.json"
