@@ -10,7 +10,7 @@ export HF_HUB_OFFLINE := 1
 export TRANSFORMERS_OFFLINE := 1
 export TOKENIZERS_PARALLELISM := false
 
-.PHONY: demo test install install-dev clean-venv
+.PHONY: demo test install install-dev clean-venv gpu-check
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -34,6 +34,11 @@ demo: $(VENV)/.stamp-base
 
 test: $(VENV)/.stamp-dev
 	$(BIN)/python -m pytest -q $(PYTEST_ARGS)
+
+# On a GPU machine set up with the README's GPU lines: gpu-marked tests, top-k on CUDA, a 20-step bf16 joint run
+# on the GPU, faiss-gpu; one JSON report (ARGS="--out DIR", "--dry-run" to list the steps).
+gpu-check:
+	bash scripts/gpu_check.sh $(ARGS)
 
 clean-venv:
 	rm -rf $(VENV)

@@ -61,6 +61,15 @@ class ReaderConfig:
     lora: bool = _f(False, "train LoRA adapters (peft) instead of all reader weights")
     lora_r: int = _f(8, "LoRA rank")
     lora_alpha: int = _f(16, "LoRA alpha")
+    lora_dropout: float = _f(0.0, "LoRA dropout on the adapter inputs")
+    lora_target_modules: list = _f([], "modules that get LoRA adapters: names (q_proj,k_proj,v_proj,o_proj,...) or "
+                                       "all-linear; empty = peft's default for the architecture")
+    lora_train_lm_head: bool = _f(False, "with LoRA, also train the LM head in full (peft modules_to_save), as JMLR did")
+    torch_dtype: Optional[str] = _f(None, "reader weights dtype at load: bf16, fp16, fp32 or auto (empty: fp32)")
+    attn_implementation: Optional[str] = _f(None, "attention kernel: eager, sdpa, flash_attention_2 (empty: "
+                                                  "transformers' choice)")
+    quantization: str = _f("none", "load the reader weights in 4bit (QLoRA, NF4) or 8bit through bitsandbytes "
+                                   "(needs reader.lora=true and a CUDA GPU), or none")
     gradient_checkpointing: bool = _f(False, "recompute activations in backward to save memory")
     lr: float = _f(2e-5, "learning rate of the reader parameter group")
     trust_remote_code: bool = _f(False, "allow custom model code from the model folder (off by default)")
@@ -188,6 +197,12 @@ def _coerce(value: Any, tp, key: str) -> Any:
         return v
     if tp is str:
         return str(value)
+    if tp is list or origin is list:  # YAML list, or comma-separated on the command line
+        if isinstance(value, str):
+            value = [v.strip() for v in value.split(",") if v.strip()]
+        if not isinstance(value, (list, tuple)):
+            raise ValueError(f"config key '{key}' expects a list (or comma-separated names), got {value!r}")
+        return list(value)
     if tp is dict or origin is dict:
         if isinstance(value, str):
             try:

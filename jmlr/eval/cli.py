@@ -20,6 +20,8 @@ def add_cli(subparsers) -> None:
     p.add_argument("--no-retrieval", action="store_true", help="closed-book only (no passages)")
     p.add_argument("--limit", type=int, default=None, help="evaluate at most this many questions")
     p.add_argument("--out", default=None, help="write the metrics as JSON here")
+    p.add_argument("--device", default="auto",
+                   help="where the reader, retriever and exact index run: auto (GPU when available), cpu, cuda:N")
     p.set_defaults(func=_cmd)
     sub = p.add_subparsers(dest="eval_cmd", required=False, metavar="{retrieval}")
     try:
@@ -32,7 +34,8 @@ def add_cli(subparsers) -> None:
 def _cmd(args) -> int:
     if not args.run or not args.data:
         raise ValueError("jmlr eval needs --run DIR and --data F (or use `jmlr eval retrieval ...`)")
-    res = evaluate_run(args.run, args.data, args.format, retrieval=not args.no_retrieval, limit=args.limit)
+    res = evaluate_run(args.run, args.data, args.format, retrieval=not args.no_retrieval, limit=args.limit,
+                       device=args.device)
     text = json.dumps(res, indent=2, default=float)
     print(text)
     if args.out:
@@ -40,8 +43,11 @@ def _cmd(args) -> int:
     return 0
 
 
-def evaluate_run(run: str, data: str, fmt: str = "jmlr", retrieval: bool = True, limit: int | None = None) -> dict:
-    """Load a run's newest checkpoint and evaluate it on ``data``: closed-book, and with retrieval if asked."""
+def evaluate_run(run: str, data: str, fmt: str = "jmlr", retrieval: bool = True, limit: int | None = None,
+                 device: str | None = "auto") -> dict:
+    """Load a run's newest checkpoint and evaluate it on ``data``: closed-book, and with retrieval if asked.
+    ``device`` (``auto``: the GPU when available) holds the reader, the retriever and the exact index."""
+    from jmlr.index.distributed_build import resolve_device
     from jmlr.config import load_config
     from jmlr.data import Corpus, load_qa
     from jmlr.reader import Reader
@@ -64,16 +70,17 @@ def evaluate_run(run: str, data: str, fmt: str = "jmlr", retrieval: bool = True,
     else:
         examples = load_qa(fmt, data)
     examples = examples[:limit] if limit else examples
+    dev = resolve_device(device)
     reader = Reader.from_pretrained(str(folder / "reader"), template=cfg.reader.template,
-                                    max_length=cfg.reader.max_length, target=cfg.reader.target)
-    retriever = DualEncoder.from_pretrained(str(folder / "retriever"))
+                                    max_length=cfg.reader.max_length, target=cfg.reader.target, device=dev)
+    retriever = DualEncoder.from_pretrained(str(folder / "retriever"), device=dev)
     if cfg.data.corpus == "demo":
         from jmlr.data.demo import demo_corpus
         corpus = demo_corpus()
     else:
         corpus = Corpus.load(cfg.data.corpus, fmt=cfg.data.corpus_format)
     doc_texts = corpus.texts(with_title=True)
-    state = RetrievalState(retriever, doc_texts, cfg)
+    state = RetrievalState(retriever, doc_texts, cfg, device=dev)
     state.load(folder / "index")
     out = {"checkpoint": str(folder), "n": len(examples)}
     out["closed_book"] = evaluate_joint(retriever, reader, state, doc_texts, corpus, examples,

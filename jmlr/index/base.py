@@ -79,6 +79,28 @@ def as_float32_matrix(x, dim: int | None = None, what: str = "embeddings") -> np
     return np.ascontiguousarray(x)
 
 
+def as_float32_tensor(x, dim: int | None = None, what: str = "queries"):
+    """A contiguous ``(n, d)`` float32 torch tensor from a tensor (kept on its device) or any array-like (CPU).
+
+    The device-preserving twin of :func:`as_float32_matrix`: same shape, dimension and finiteness checks.
+    """
+    import torch
+
+    if not isinstance(x, torch.Tensor):
+        return torch.from_numpy(as_float32_matrix(x, dim, what))
+    x = x.detach().to(torch.float32)
+    if x.ndim == 1:
+        x = x[None, :]
+    if x.ndim != 2:
+        raise ValueError(f"{what} must be a 2-D (n, d) array, got shape {tuple(x.shape)}")
+    if dim is not None and x.shape[1] != dim:
+        raise ValueError(f"{what} have dimension {x.shape[1]}, expected {dim}")
+    bad = ~torch.isfinite(x)
+    if bool(bad.any()):
+        raise ValueError(f"{what} row {int(bad.nonzero()[0, 0])} holds NaN or inf")
+    return x.contiguous()
+
+
 def texts_fingerprint(ids: Sequence, texts: Sequence[str]) -> str:
     """blake2b-128 of ids and texts in order (used when a corpus has no ``fingerprint()``)."""
     h = hashlib.blake2b(digest_size=16)
@@ -128,6 +150,7 @@ class BaseIndex:
         self._ids: list = []
         self._id_set: set = set()
         self._ids_array: np.ndarray | None = None
+        self._ids_tensor = None  # int ids as a torch tensor on the device of the last lookup_tensor
 
     # ------------------------------------------------------------------ ids
     def __len__(self) -> int:
@@ -162,6 +185,7 @@ class BaseIndex:
         self._ids.extend(ids)
         self._id_set.update(ids)
         self._ids_array = None
+        self._ids_tensor = None
 
     def lookup(self, positions) -> np.ndarray:
         """Map row positions ``(B, k)`` (``-1`` for empty) to ids (see the module doc for dtypes)."""
@@ -173,6 +197,20 @@ class BaseIndex:
         out = self._ids_array[np.clip(pos, 0, None)]
         out[pos < 0] = -1 if self.int_ids else None
         return out
+
+    def lookup_tensor(self, positions):
+        """:meth:`lookup` for int ids, as an int64 tensor on ``positions``' device (no host round trip)."""
+        import torch
+
+        pos = torch.as_tensor(positions, dtype=torch.int64)
+        if not self._ids:
+            return torch.full_like(pos, -1)
+        if not self.int_ids:
+            raise ValueError("lookup_tensor needs int ids; this index holds str ids (use lookup)")
+        t = self._ids_tensor
+        if t is None or t.device != pos.device:
+            t = self._ids_tensor = torch.as_tensor(self._ids, dtype=torch.int64, device=pos.device)
+        return t[pos.clamp_min(0)].masked_fill(pos < 0, -1)
 
     # ------------------------------------------------------------------ add / search
     def add(self, ids: Sequence, emb) -> None:
@@ -187,7 +225,8 @@ class BaseIndex:
         self._register_ids(ids)
 
     def search_positions(self, q, k: int):
-        """``(scores (B, k) float32, positions (B, k) int64)`` as torch tensors, best first."""
+        """``(scores (B, k) float32, positions (B, k) int64)`` as torch tensors, best first, on the device of
+        ``q`` when it is a tensor (else on the CPU)."""
         import torch
 
         if int(k) < 1:
@@ -203,6 +242,9 @@ class BaseIndex:
             scores[:, :kk] = torch.as_tensor(s, dtype=torch.float32)
             pos[:, :kk] = torch.as_tensor(p, dtype=torch.int64)
             pos[pos >= n] = -1
+        dev = q.device if isinstance(q, torch.Tensor) else None
+        if dev is not None and dev.type != "cpu":  # results go back where the queries are
+            scores, pos = scores.to(dev), pos.to(dev)
         return scores, pos
 
     def search(self, q, k: int):

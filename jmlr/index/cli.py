@@ -18,6 +18,8 @@ _BUILD_EPILOG = """examples:
   jmlr index build --corpus notes/ --corpus-format folder --encoder runs/demo/retriever --out idx/ --type ivf
   jmlr index build --corpus corpus.jsonl --out bm25/ --type bm25
 An interrupted build resumes: embeddings are written chunk by chunk to OUT.store/ (removed when done).
+On N ranks each encodes one shard and rank 0 merges them and writes OUT (see docs/distributed.md):
+  torchrun --nproc_per_node 8 -m jmlr.cli index build --corpus corpus.jsonl --encoder minilm --out idx/
 """
 
 _SEARCH_EPILOG = """examples:
@@ -60,6 +62,8 @@ def add_cli(subparsers) -> None:
     b.add_argument("--hnsw-m", type=int, default=None, help="HNSW neighbours per node (default: 32)")
     b.add_argument("--ef-search", type=int, default=None, help="HNSW search depth (default: 128)")
     b.add_argument("--quiet", action="store_true", help="no progress bars")
+    b.add_argument("--device", default="auto",
+                   help="encoder device: auto (this rank's GPU when CUDA is available), cpu, cuda, cuda:N")
     b.set_defaults(func=cmd_build)
 
     s = sub.add_parser("search", help="search an index with query texts", epilog=_SEARCH_EPILOG,
@@ -129,8 +133,16 @@ def cmd_build(args) -> int:
                 kw["ef_search"] = args.ef_search
         if args.type != "exact" and args.metric != "ip":
             kw["metric"] = args.metric
-        encoder = DualEncoder.from_pretrained(args.encoder, max_length=args.max_length)
+        from jmlr.index import distributed_build as dbuild
+
+        encoder = DualEncoder.from_pretrained(args.encoder, max_length=args.max_length,
+                                              device=dbuild.resolve_device(args.device))
         info["encoder"] = args.encoder if not os.path.isdir(args.encoder) else str(Path(args.encoder).resolve())
+        if dbuild.launched_distributed():  # torchrun: one shard per rank, merged into `store` on rank 0
+            if not dbuild.encode_store_distributed(encoder, corpus, store, dtype=args.dtype,
+                                                   batch_size=args.batch_size, chunk_size=args.chunk_size,
+                                                   progress=progress):
+                return 0  # ranks > 0: their shard is encoded; rank 0 builds and writes OUT
         index = build_index(encoder, corpus, index_type=args.type, out=args.out, store_dir=store, dtype=args.dtype,
                             batch_size=args.batch_size, chunk_size=args.chunk_size, progress=progress, info=info,
                             **kw)

@@ -138,6 +138,33 @@ class ExactIndex(BaseIndex):
         rows[(pos.reshape(-1) < 0).to(rows.device)] = 0
         return rows.reshape(*pos.shape, self.dim).cpu()
 
+    def search_positions(self, q, k: int):
+        """``(scores (B, k) float32, positions (B, k) int64)``, best first. Tensor queries stay tensors: they go
+        to the device of the stored rows for the top-k (the CUDA/Triton kernels when that is a GPU), and the
+        results come back on the queries' device. Other inputs take the base path (results on the CPU)."""
+        import torch
+
+        from jmlr.kernels.topk import topk
+
+        from .base import as_float32_tensor
+
+        if not isinstance(q, torch.Tensor):
+            return super().search_positions(q, k)
+        if int(k) < 1:
+            raise ValueError(f"k must be >= 1, got {k}")
+        x = as_float32_tensor(q, self.dim, what="queries")  # (B, d), on the queries' device
+        B, n, k = x.shape[0], len(self), int(k)
+        kk = min(k, n)
+        scores = torch.full((B, k), float("-inf"), dtype=torch.float32, device=x.device)
+        pos = torch.full((B, k), -1, dtype=torch.int64, device=x.device)
+        if kk and B:
+            docs = self.embeddings
+            s, p = topk(x.to(docs.device), docs, kk, backend=self.backend, scales=self.scales)  # (B, kk)
+            scores[:, :kk] = s.float().to(x.device)
+            pos[:, :kk] = p.to(device=x.device, dtype=torch.int64)
+            pos[pos >= n] = -1
+        return scores, pos
+
     def _search(self, x: np.ndarray, k: int):
         import torch
 

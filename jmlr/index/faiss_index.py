@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import logging
 import math
+import os
 import threading
 import time
 from pathlib import Path
@@ -47,6 +48,33 @@ def num_gpus() -> int:
     return int(faiss.get_num_gpus()) if hasattr(faiss, "get_num_gpus") else 0
 
 
+_GPU_RESOURCES: dict[int, Any] = {}  # one faiss.StandardGpuResources per GPU, shared by this process's indexes
+
+
+def rank_gpu(n_gpus: int | None = None) -> int:
+    """The GPU this process's faiss index goes on: torch's current CUDA device once set (accelerate and
+    ``torch.cuda.set_device`` set it per rank), else ``LOCAL_RANK`` (torchrun), else 0; modulo the GPU count."""
+    n = num_gpus() if n_gpus is None else int(n_gpus)
+    gpu = None
+    try:
+        import torch
+
+        if torch.cuda.is_available() and torch.cuda.is_initialized():
+            gpu = torch.cuda.current_device()
+    except ImportError:  # pragma: no cover - torch is a dependency
+        pass
+    if gpu is None:
+        gpu = int(os.environ.get("LOCAL_RANK", 0) or 0)
+    return gpu % n if n > 0 else gpu
+
+
+def _gpu_resources(gpu: int):
+    res = _GPU_RESOURCES.get(gpu)
+    if res is None:
+        res = _GPU_RESOURCES[gpu] = _faiss().StandardGpuResources()
+    return res
+
+
 def blas_calibration_cache() -> dict[tuple, bool]:
     """The measured choices so far: ``(type, d, log2 ntotal, B, k) -> True`` when BLAS was faster."""
     return dict(_BLAS_CHOICE)
@@ -77,7 +105,9 @@ class FaissIndex(BaseIndex):
     IVF ``nlist = 4 sqrt(n)`` (at least 39 points per list), ``nprobe = 32``; HNSW ``M = 32``,
     ``efConstruction = 80``, ``efSearch = 128``; IVF-PQ ``m`` close to ``d / 8`` with 8-bit codes.
 
-    ``use_gpu="auto"`` moves flat / IVF / SQ indexes onto all GPUs when faiss sees some (HNSW stays on CPU).
+    ``use_gpu="auto"`` moves flat / IVF / SQ indexes onto this rank's own GPU when faiss sees some (HNSW stays
+    on CPU): ``gpu`` (default :func:`rank_gpu`: the current CUDA device, else ``LOCAL_RANK``), so the shards of
+    a multi-GPU job sit one per GPU instead of each being copied onto every GPU of the node.
     """
 
     kind = "faiss"
@@ -85,7 +115,7 @@ class FaissIndex(BaseIndex):
     def __init__(self, dim: int, index_type: str = "flat", metric: str = "ip", *, nlist: int | None = None,
                  nprobe: int = 32, pq_m: int | None = None, pq_bits: int = 8, hnsw_m: int = 32,
                  ef_construction: int = 80, ef_search: int = 128, use_gpu: bool | str = "auto",
-                 calibrate_blas: bool = True):
+                 calibrate_blas: bool = True, gpu: int | None = None):
         super().__init__(dim, metric)
         t = str(index_type).lower()
         t = _ALIASES.get(t, t)
@@ -102,6 +132,7 @@ class FaissIndex(BaseIndex):
         self.ef_construction = int(ef_construction)
         self.ef_search = int(ef_search)
         self.use_gpu = use_gpu
+        self.gpu = gpu
         self.calibrate_blas = calibrate_blas
         self._index = None
         self._on_gpu = False
@@ -109,6 +140,11 @@ class FaissIndex(BaseIndex):
             self._index = self._make(0)
 
     # ------------------------------------------------------------------ construction
+    @property
+    def device(self) -> str:
+        """Where the faiss index lives: ``cuda:N`` (faiss-gpu, this rank's GPU) or ``cpu``."""
+        return f"cuda:{self.gpu}" if self._on_gpu else "cpu"
+
     @property
     def faiss_metric(self):
         faiss = _faiss()
@@ -167,14 +203,16 @@ class FaissIndex(BaseIndex):
                 raise RuntimeError("use_gpu=True but faiss sees no GPU (faiss-cpu installed?)")
             return idx
         faiss = _faiss()
+        gpu = rank_gpu(n) if self.gpu is None else int(self.gpu)
         try:
-            gidx = faiss.index_cpu_to_all_gpus(idx)
+            gidx = faiss.index_cpu_to_gpu(_gpu_resources(gpu), gpu, idx)  # this rank's own GPU only
         except RuntimeError as e:  # e.g. an IVF-PQ code size the GPU kernels do not support
             if want is True:
                 raise
             logger.warning("faiss GPU copy failed (%s); staying on CPU", e)
             return idx
         self._on_gpu = True
+        self.gpu = gpu
         return gidx
 
     def train(self, x) -> None:

@@ -181,6 +181,9 @@ class Reader:
         gradient_checkpointing: bool = False,
         trust_remote_code: bool = False,
         device: str | torch.device | None = None,
+        torch_dtype: torch.dtype | str | None = None,
+        attn_implementation: str | None = None,
+        quantization: str | None = None,
         **reader_kwargs,
     ) -> "Reader":
         """Load a reader from a bundled alias (``"smollm2-135m"``), an HF name, a local folder, or a folder
@@ -192,7 +195,11 @@ class Reader:
             lora: a ``peft.LoraConfig`` or a dict of its arguments: wraps the model so only adapters train.
             gradient_checkpointing: recompute activations in backward (less memory, ~30% more compute).
             trust_remote_code: passed to transformers; off unless you trust the model's code.
-            device: move the model there after loading.
+            device: move the model there after loading (quantised weights are loaded straight onto it).
+            torch_dtype: the same as ``dtype`` (the Hugging Face name); give one of the two.
+            attn_implementation: passed to transformers (``"eager"``, ``"sdpa"``, ``"flash_attention_2"``...).
+            quantization: ``"4bit"`` (NF4, QLoRA) or ``"8bit"`` through bitsandbytes, or ``None``/``"none"``;
+                the model is prepared for k-bit training before ``lora`` adapters are added.
             **reader_kwargs: :class:`Reader` arguments (``template``, ``max_length``...). Values saved in the
                 folder's ``jmlr_reader.json`` are the defaults.
         """
@@ -205,7 +212,12 @@ class Reader:
             path = resolve(name_or_path)
         except ImportError:  # jmlr.models unavailable: treat the name as an HF name or path
             pass
-        torch_dtype = _as_dtype(dtype)
+        if dtype is not None and torch_dtype is not None and _as_dtype(dtype) != _as_dtype(torch_dtype):
+            raise ValueError(f"dtype={dtype!r} and torch_dtype={torch_dtype!r} disagree; give one of them")
+        torch_dtype = _as_dtype(dtype if dtype is not None else torch_dtype)
+        from .loading import check_quantization, quantization_config
+
+        quant = check_quantization(quantization, "quantization")  # before anything loads
         saved: dict = {}
         cfg_file = Path(path) / READER_CONFIG_NAME
         if cfg_file.is_file():
@@ -217,6 +229,15 @@ class Reader:
         load_kw: dict = {"trust_remote_code": trust_remote_code}
         if torch_dtype is not None:
             load_kw["dtype"] = torch_dtype
+        if attn_implementation:
+            load_kw["attn_implementation"] = attn_implementation
+        if quant != "none":
+            load_kw["quantization_config"] = quantization_config(quant, torch_dtype)
+            dev = torch.device(device) if device is not None else torch.device(  # this rank's GPU under torchrun
+                "cuda", int(os.environ.get("LOCAL_RANK", torch.cuda.current_device()))) \
+                if torch.cuda.is_available() else torch.device("cpu")
+            load_kw["device_map"] = {"": dev}
+            device = None  # bitsandbytes weights are placed at load and cannot be moved afterwards
         adapter = Path(path) / "adapter_config.json"
         if adapter.is_file():
             from peft import PeftModel
@@ -225,11 +246,13 @@ class Reader:
             if not base_path:
                 raise ValueError(f"{adapter}: base_model_name_or_path is empty; cannot find the base model")
             model = AutoModelForCausalLM.from_pretrained(base_path, **load_kw)
+            model = cls._prepare_kbit(model, quant, gradient_checkpointing)
             if gradient_checkpointing:
                 cls._enable_gc(model)
             model = PeftModel.from_pretrained(model, path, is_trainable=True)
         else:
             model = AutoModelForCausalLM.from_pretrained(path, **load_kw)
+            model = cls._prepare_kbit(model, quant, gradient_checkpointing)
             if gradient_checkpointing:
                 cls._enable_gc(model)
         tokenizer = AutoTokenizer.from_pretrained(path, trust_remote_code=trust_remote_code)
@@ -241,6 +264,16 @@ class Reader:
                 raise ValueError(f"{path} already holds a LoRA adapter; do not pass lora= when loading it")
             reader.add_lora(lora)
         return reader
+
+    @staticmethod
+    def _prepare_kbit(model, quant: str, gradient_checkpointing: bool):
+        """peft's k-bit preparation (fp32 norms and head, input grads) for QLoRA; a no-op without quantisation."""
+        if quant == "none":
+            return model
+        from peft import prepare_model_for_kbit_training
+
+        return prepare_model_for_kbit_training(model, use_gradient_checkpointing=gradient_checkpointing,
+                                               gradient_checkpointing_kwargs={"use_reentrant": False})
 
     @staticmethod
     def _enable_gc(model) -> None:

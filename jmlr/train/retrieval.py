@@ -4,6 +4,10 @@ It wraps :class:`jmlr.index.AsyncRefresher` (versioned, double-buffered, swapped
 torch.distributed each rank indexes its own contiguous shard of the corpus and searches go through
 :class:`jmlr.index.sharded.ShardedIndex` (a collective: every rank calls ``search`` the same number of times).
 Index ids are global corpus row numbers, so results index ``corpus`` directly.
+
+Device: the exact index lives on ``device`` (the trainer passes ``accelerator.device``, so on a GPU the
+jmlr.kernels CUDA/Triton top-k runs); queries stay on their device and results come back there. Collectives
+use the process group's device (:func:`jmlr.index.sharded.collective_device`).
 """
 from __future__ import annotations
 
@@ -32,12 +36,13 @@ class RetrievalState:
     """Index + refresher for one training run (see module docstring)."""
 
     def __init__(self, retriever, doc_texts: list[str], cfg, rank: int = 0, world: int = 1, progress: bool = False,
-                 precision=None):
+                 precision=None, device=None):
         from jmlr.core.precision import resolve_precision
 
         self.retriever = retriever
+        self.device = torch.device(device) if device is not None else torch.device("cpu")
         # corpus encoding runs under the run's precision (a resolved Precision, or cfg.optim.precision here)
-        self.precision = precision if precision is not None else resolve_precision(cfg.optim.precision, "cpu")
+        self.precision = precision if precision is not None else resolve_precision(cfg.optim.precision, self.device)
         self.doc_texts = doc_texts
         self.cfg = cfg
         self.rank, self.world = rank, world
@@ -59,19 +64,24 @@ class RetrievalState:
 
         ic = self.cfg.index
         kwargs = {"dtype": ic.storage} if ic.type == "exact" else {}
+        kwargs.update(self._index_device_kwargs(ic.type))
         rows = list(range(self.start, self.end))
         self.refresher = AsyncRefresher(
             self.retriever, (rows, self.doc_texts[self.start:self.end]), policy=self.policy, index_type=ic.type,
             index_kwargs=kwargs, probe_size=self.cfg.refresh.probe_size, seed=self.cfg.seed, index=index,
             autocast_dtype=self.precision.dtype, progress=self.progress)
 
+    def _index_device_kwargs(self, kind: str) -> dict:
+        """``device=`` for an exact index off the CPU (on the CPU nothing changes: the rows stay where they are)."""
+        return {"device": str(self.device)} if kind == "exact" and self.device.type != "cpu" else {}
+
     def load(self, folder: str | Path, version: int | None = None) -> None:
         """Adopt the index saved by :meth:`save` (the exact index a checkpoint was trained against)."""
-        from jmlr.index import load_index
+        from jmlr.index import load_index, read_meta
 
         folder = Path(folder)
         shard = folder / f"rank-{self.rank}" if self.world > 1 else folder
-        index = load_index(shard)
+        index = load_index(shard, **self._index_device_kwargs(read_meta(shard)["kind"]))
         if version is not None:
             index.version = version
         self.build(index=index)
@@ -121,14 +131,16 @@ class RetrievalState:
         self.refresher.last_trigger_step = int(step)
 
     def search(self, q: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
-        """Top-``k`` (scores (B, k) float32, corpus rows (B, k) int64) for query embeddings ``q (B, d)``."""
+        """Top-``k`` (scores (B, k) float32, corpus rows (B, k) int64) for query embeddings ``q (B, d)``, on
+        ``q``'s device (a collective when ``world > 1``)."""
         index = self.refresher.index
+        q = q.detach().float()  # stays on its device: the index moves it to its own
         if self.world > 1:
             from jmlr.index.sharded import ShardedIndex
 
-            index = ShardedIndex(index)
-        scores, ids = index.search(q.detach().float().cpu(), k)
-        return torch.as_tensor(scores, dtype=torch.float32), torch.as_tensor(ids, dtype=torch.long)
+            return ShardedIndex(index).search_tensors(q, k)
+        scores, pos = index.search_positions(q, k)  # (B, k), (B, k)
+        return scores.to(q.device, torch.float32), index.lookup_tensor(pos.to(q.device))
 
     @torch.no_grad()
     def embeddings(self, rows: torch.Tensor) -> torch.Tensor:
@@ -137,18 +149,21 @@ class RetrievalState:
         index = self.refresher.index
         store = getattr(index, "embeddings", None)
         if self.world == 1 and store is not None and len(store) == len(self.doc_texts):
-            flat = rows.reshape(-1)
+            flat = rows.reshape(-1).to(store.device)
             emb = store[flat].float()
             scales = getattr(index, "scales", None)
             if scales is not None:
                 emb = emb * scales[flat].float().unsqueeze(-1)
-            return emb.view(*rows.shape, -1)
+            return emb.view(*rows.shape, -1).to(rows.device)
         texts = [self.doc_texts[j] for j in rows.reshape(-1).tolist()]
         emb = self.retriever.encode_docs(texts, batch_size=max(len(texts), 1), progress=False).float()
-        return emb.view(*rows.shape, -1)
+        return emb.view(*rows.shape, -1).to(rows.device)
 
     def stats(self) -> dict:
         s = self.refresher.stats() if self.refresher is not None else {}
         s.pop("records", None)
         s["policy"] = self.policy
+        index = self.refresher.index if self.refresher is not None else None
+        where = getattr(index, "embeddings", None) if getattr(index, "kind", "") == "exact" else index
+        s["index_device"] = str(getattr(where, "device", None) or "cpu")  # where the search runs
         return s

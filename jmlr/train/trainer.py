@@ -155,17 +155,18 @@ class JointTrainer:
     def from_config(cls, cfg: TrainConfig, progress: bool = True) -> "JointTrainer":
         """Load models and data named by ``cfg`` (aliases resolve to the bundled offline models)."""
         from jmlr.reader import Reader
+        from jmlr.reader.loading import reader_load_kwargs
         from jmlr.retriever import DualEncoder
 
+        reader_kw = reader_load_kwargs(cfg.reader)  # LoRA, dtype, attention, quantisation: checked before loading
         train, dev, _test, corpus = load_data(cfg)
         retriever = DualEncoder.from_pretrained(cfg.retriever.model, shared=cfg.retriever.shared_towers,
                                                 pooling=cfg.retriever.pooling, normalize=cfg.retriever.normalize,
                                                 max_length=cfg.retriever.max_length)
-        lora = {"r": cfg.reader.lora_r, "lora_alpha": cfg.reader.lora_alpha} if cfg.reader.lora else None
         reader = Reader.from_pretrained(cfg.reader.model, template=cfg.reader.template,
-                                        max_length=cfg.reader.max_length, target=cfg.reader.target, lora=lora,
+                                        max_length=cfg.reader.max_length, target=cfg.reader.target,
                                         gradient_checkpointing=cfg.reader.gradient_checkpointing,
-                                        trust_remote_code=cfg.reader.trust_remote_code)
+                                        trust_remote_code=cfg.reader.trust_remote_code, **reader_kw)
         return cls(cfg, retriever, reader, corpus, train, dev, progress=progress)
 
     def _make_loss(self):
@@ -223,7 +224,8 @@ class JointTrainer:
         from jmlr.train.retrieval import RetrievalState
 
         self.retrieval = RetrievalState(self.retriever, self.doc_texts, cfg, rank=self.rank, world=self.world,
-                                        progress=self.progress and self.is_main, precision=self.precision)
+                                        progress=self.progress and self.is_main, precision=self.precision,
+                                        device=self.device)
         if cfg.resume:
             self.load_checkpoint(cfg.resume)
         else:
@@ -319,8 +321,8 @@ class JointTrainer:
             with torch.no_grad():
                 flat = [self.doc_texts[j] for j in cand.reshape(-1).tolist()]
                 d = self.retriever.encode_docs(flat, batch_size=len(flat), progress=False).view(len(batch), Kp, -1)
-                fresh = torch.einsum("bd,bkd->bk", q, d.float())  # (B, K')
-            cand = cand.gather(1, fresh.topk(K, dim=1).indices)  # (B, K)
+                fresh = torch.einsum("bd,bkd->bk", q, d.float().to(q.device))  # (B, K')
+            cand = cand.gather(1, fresh.topk(K, dim=1).indices.to(cand.device))  # (B, K)
         # 3. optionally sample m of K from softmax(s / tau) (JMLR), with a step-seeded generator
         if cfg.index.sample_m and cfg.index.sample_m < K:
             cand = self._sample_candidates(q, cand)
@@ -351,11 +353,12 @@ class JointTrainer:
         m = self.cfg.index.sample_m
         with torch.no_grad():
             emb = self.retrieval.embeddings(cand)  # (B, K, d)
-            s = torch.einsum("bd,bkd->bk", q, emb.float()) / self.cfg.retriever.temperature
+            s = torch.einsum("bd,bkd->bk", q, emb.float().to(q.device)) / self.cfg.retriever.temperature
             g = torch.Generator().manual_seed(self.cfg.seed * 7919 + self.step * 31 + self.rank)
-            gumbel = -torch.log(-torch.log(torch.rand(s.shape, generator=g).clamp(1e-9, 1 - 1e-9)))
+            u = torch.rand(s.shape, generator=g).clamp(1e-9, 1 - 1e-9).to(s.device)  # CPU generator: same draws anywhere
+            gumbel = -torch.log(-torch.log(u))
             pick = (s + gumbel).topk(m, dim=1).indices  # (B, m)
-        return cand.gather(1, pick)
+        return cand.gather(1, pick.to(cand.device))
 
     def _autocast(self):
         return self.precision.autocast(self.device)
@@ -495,7 +498,7 @@ def evaluate_joint(retriever, reader, state, doc_texts, corpus, examples, top_k:
             q = retriever.encode_queries([ex.question for ex in batch], batch_size=max(len(batch), 1),
                                          progress=False) if batch else None
         if q is None:  # this rank has run out of examples but still joins the collective search
-            q = torch.zeros((0, state.dim), dtype=torch.float32)
+            q = torch.zeros((0, state.dim), dtype=torch.float32, device=getattr(state, "device", "cpu"))
         _, cand = state.search(q.float(), kmax)  # (b, kmax)
         rows = cand.tolist()
         for i, row in zip(idx, rows):

@@ -22,7 +22,7 @@ import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Optional
 
 from jmlr.config import _f
 
@@ -48,6 +48,15 @@ class StageModelConfig:
     lora: bool = _f(False, "train LoRA adapters (peft) instead of all weights")
     lora_r: int = _f(8, "LoRA rank")
     lora_alpha: int = _f(16, "LoRA alpha")
+    lora_dropout: float = _f(0.0, "LoRA dropout on the adapter inputs")
+    lora_target_modules: list = _f([], "modules that get LoRA adapters: names (q_proj,k_proj,v_proj,o_proj,...) or "
+                                       "all-linear; empty = peft's default for the architecture")
+    lora_train_lm_head: bool = _f(False, "with LoRA, also train the LM head in full (peft modules_to_save)")
+    torch_dtype: Optional[str] = _f(None, "weights dtype at load: bf16, fp16, fp32 or auto (empty: fp32)")
+    attn_implementation: Optional[str] = _f(None, "attention kernel: eager, sdpa, flash_attention_2 (empty: "
+                                                  "transformers' choice)")
+    quantization: str = _f("none", "load the weights in 4bit (QLoRA, NF4) or 8bit through bitsandbytes (needs "
+                                   "model.lora=true and a CUDA GPU), or none")
     gradient_checkpointing: bool = _f(False, "recompute activations in backward to save memory")
     trust_remote_code: bool = _f(False, "allow custom model code from the model folder (off by default)")
     device: str = _f("auto", "where to run: auto (cuda when available, else cpu), cpu, cuda, cuda:1, ...")
@@ -96,13 +105,15 @@ def load_reader(cfg: StageModelConfig, **reader_kwargs):
 
     import torch
 
-    lora = {"r": cfg.lora_r, "lora_alpha": cfg.lora_alpha} if cfg.lora else None
+    from jmlr.reader.loading import reader_load_kwargs
+
+    load_kw = reader_load_kwargs(cfg, prefix="model")  # LoRA, dtype, attention, quantisation; checked first
     device = cfg.device
     if device == "auto":
         device = "cuda" if torch.cuda.is_available() else "cpu"
-    return Reader.from_pretrained(cfg.model, template=cfg.template, max_length=cfg.max_length, lora=lora,
+    return Reader.from_pretrained(cfg.model, template=cfg.template, max_length=cfg.max_length,
                                   gradient_checkpointing=cfg.gradient_checkpointing,
-                                  trust_remote_code=cfg.trust_remote_code, device=device, **reader_kwargs)
+                                  trust_remote_code=cfg.trust_remote_code, device=device, **load_kw, **reader_kwargs)
 
 
 def resolve_qa(src: str, fmt: str, split: str = "train") -> list:
