@@ -95,12 +95,21 @@ def _convert_gguf(src_dir: Path, gguf_file: str, out: Path) -> None:
 def _smollm2_path() -> str:
     target = cache_dir() / "models" / "smollm2-135m"
     if (target / _CONVERTED_MARKER).is_file():
+        if any(target.parent.glob(".smollm2-*")):  # a conversion killed mid-way left its folder (~0.5 GB)
+            from filelock import FileLock, Timeout
+
+            try:
+                with FileLock(str(target) + ".lock", timeout=0):
+                    _clean_conversions(target.parent)
+            except Timeout:  # someone converts right now: leave their folder alone
+                pass
         return str(target)  # fast path: no lock, no import of transformers
     src = _smollm2_gguf_dir()
     from filelock import FileLock
 
     target.parent.mkdir(parents=True, exist_ok=True)
     with FileLock(str(target) + ".lock"):
+        _clean_conversions(target.parent)  # we hold the lock: any conversion folder left here is a dead one's
         if (target / _CONVERTED_MARKER).is_file():  # another process converted it while we waited
             return str(target)
         logger.warning("converting %s to safetensors under %s (once)", SMOLLM2_GGUF, target)
@@ -114,6 +123,19 @@ def _smollm2_path() -> str:
             if tmp.exists():
                 shutil.rmtree(tmp, ignore_errors=True)
     return str(target)
+
+
+def _clean_conversions(folder: Path) -> None:
+    """Remove ``.smollm2-*`` conversion folders; call only under the conversion lock."""
+    from jmlr.fs import clean_stale_tmp
+
+    clean_stale_tmp(folder, names=(), locked=True, prefixes=(".smollm2-",))
+
+
+def _looks_like_path(name: str) -> bool:
+    """A name that can only mean a local path (an HF hub id is ``name`` or ``org/name``)."""
+    return (name.startswith(("/", "./", "../", "~", ".\\")) or name.count("/") > 1 or "\\" in name
+            or name.endswith("/") or name in (".", ".."))
 
 
 def resolve(name: str) -> str:
@@ -132,4 +154,9 @@ def resolve(name: str) -> str:
     path = Path(name).expanduser()
     if path.exists():
         return str(path)
+    if _looks_like_path(name):
+        parent = next((p for p in path.absolute().parents if p.exists()), None)
+        raise FileNotFoundError(f"model folder {name} does not exist"
+                                + (f" (nearest existing folder: {parent})" if parent and str(parent) != "/" else "")
+                                + f"; check the path, or use an alias ({', '.join(ALIASES)}) or an HF name")
     return name  # an HF hub name: transformers resolves (or, offline, refuses) it
