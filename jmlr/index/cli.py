@@ -126,6 +126,10 @@ def cmd_build(args) -> int:
     for name in ("batch_size", "chunk_size"):
         if getattr(args, name) < 1:
             raise ValueError(f"--{name.replace('_', '-')} must be >= 1, got {getattr(args, name)}")
+    if args.type != "bm25":
+        from jmlr.models import require
+
+        require(args.encoder, "--encoder")
     with output_lock(out, f"index output {out}"):
         clean_stale_tmp(out.absolute().parent, [out.name], locked=True)
         return _build(args)

@@ -170,7 +170,11 @@ class JointTrainer:
 
         validate(cfg)
         get_loss(cfg.loss.name, **dict(cfg.loss.options))  # an unknown loss is named before anything loads
+        from jmlr.models import require
+
         lock = claim_run_folder(cfg)  # output_dir checked, locked and created before models load
+        require(cfg.retriever.model, "retriever.model")  # a missing or corrupt model is named before anything loads
+        require(cfg.reader.model, "reader.model")
         train, dev, _test, corpus = load_data(cfg)
         retriever = DualEncoder.from_pretrained(cfg.retriever.model, shared=cfg.retriever.shared_towers,
                                                 pooling=cfg.retriever.pooling, normalize=cfg.retriever.normalize,

@@ -100,6 +100,11 @@ def holds_run_folder(run: Callable) -> Callable:
 
         if isinstance(getattr(cfg, "optim", None), StageOptimConfig):
             check_optim(cfg.optim)
+        reader = kwargs.get("reader", args[0] if args else None)
+        if reader is None and isinstance(getattr(cfg, "model", None), StageModelConfig):
+            from jmlr.models import require
+
+            require(cfg.model.model, "model.model")
         out = check_writable_dir(cfg.output_dir, "output_dir")
         with run_folder_lock(out, f"output_dir {out}"):
             clean_stale_tmp(out, locked=True)
