@@ -16,6 +16,7 @@ EPILOG = """examples:
   jmlr eval retrieval --index idx/ --data medmcqa.json --format medmcqa
   jmlr data inspect us_4options_test.jsonl --format medqa
   jmlr bench topk --quick --out bench/
+  jmlr --debug train ...                     any command: show the traceback of an error
 """
 
 

@@ -250,6 +250,10 @@ def cmd_eval_retrieval(args) -> int:
         raise ValueError(f"-k {args.k!r}: expected comma-separated integers like 1,5,20") from None
     if not ks or ks[0] < 1:
         raise ValueError(f"-k {args.k!r}: cutoffs must be >= 1")
+    if args.out:
+        from jmlr.fs import check_writable_dir
+
+        check_writable_dir(Path(args.out).absolute().parent, "the folder of --out")  # before anything is encoded
     examples = load_qa(args.format, args.data)
     with_gold = [ex for ex in examples if ex.gold_passage_ids]
     if args.limit:

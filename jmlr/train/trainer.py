@@ -637,6 +637,11 @@ def claim_run_folder(cfg: TrainConfig):
             step = ckpt.checkpoint_step(found)
             if step is not None:
                 _check_steps_left(step, cfg, found)
+                newer = [p.name for s, p in ckpt.list_checkpoints(out) if s > step]
+                if newer:
+                    logger.warning("resuming from step %d while %s in %s hold(s) later steps of the earlier run; "
+                                   "the resumed run replaces them as it reaches those steps, and resume=latest "
+                                   "would pick them until then", step, ", ".join(newer), out / "checkpoints")
         else:
             present = sorted(p.name for p in out.iterdir() if p.name not in LOCK_NAMES)
             if present and not cfg.overwrite:

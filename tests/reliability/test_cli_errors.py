@@ -6,7 +6,7 @@ import shutil
 
 import pytest
 
-from jmlr.cli import describe_error, main
+from jmlr.cli import main
 
 
 @pytest.fixture(scope="module")
@@ -77,5 +77,7 @@ def test_an_offline_hub_name_is_one_line(corpus, tmp_path, capsys, monkeypatch):
                                         (errno.EACCES, "permission denied"),
                                         (errno.ENOTDIR, "is a file")])
 def test_os_errors_are_said_as_such(code, words):
+    from jmlr.cli import describe_error
+
     msg, rc = describe_error(OSError(code, "os text", "/data/run/x.pt"))
     assert words in msg and "/data/run/x.pt" in msg and rc == 1

@@ -37,16 +37,28 @@ def run_copy(run4, tmp_path):
 
 
 def _train_steps(out):
-    return [json.loads(x)["step"] for x in (out / "metrics.jsonl").read_text().splitlines() if '"loss"' in x]
+    steps = []
+    for line in (out / "metrics.jsonl").read_text().splitlines():
+        try:
+            row = json.loads(line)
+        except ValueError:
+            steps.append("unreadable")
+            continue
+        if "loss" in row:
+            steps.append(row["step"])
+    return steps
 
 
 def test_metrics_are_trimmed_to_the_resumed_step(run_copy, make_trainer):
     assert _train_steps(run_copy) == [1, 2, 3, 4]
-    with open(run_copy / "metrics.jsonl", "a") as f:
-        f.write('{"step": 4, "loss": 0.1')  # a row cut short by a kill
     t = make_trainer(run_copy, [f"resume={run_copy / 'checkpoints' / 'step-2'}", "optim.steps=4"], dev=False)
     t.train()
     assert _train_steps(run_copy) == [1, 2, 3, 4], "each step logged once"
+    with open(run_copy / "metrics.jsonl", "a") as f:
+        f.write('{"step": 5, "loss": 0.1')  # a row cut short by a kill
+    t = make_trainer(run_copy, [f"resume={run_copy / 'checkpoints' / 'step-2'}", "optim.steps=3"], dev=False)
+    t.train()
+    assert _train_steps(run_copy) == [1, 2, 3]
 
 
 def test_stale_temporaries_are_removed_at_start(run_copy, make_trainer):
@@ -107,11 +119,9 @@ def test_atomic_dir_fsyncs_files_and_folders(tmp_path, monkeypatch, where):
 
 
 def test_a_truncated_checkpoint_is_named_and_latest_falls_back(run_copy, make_trainer, caplog):
-    from jmlr.train import checkpoint as ckpt
-
     weights = run_copy / "checkpoints" / "step-4" / "reader" / "model.safetensors"
     weights.write_bytes(weights.read_bytes()[:1000])
-    with pytest.raises(ckpt.CorruptCheckpointError, match=f"{weights} holds 1000 bytes, expected"):
+    with pytest.raises(ValueError, match=f"{weights} holds 1000 bytes, expected"):
         make_trainer(run_copy, [f"resume={weights.parent.parent}", "optim.steps=5"], dev=False).setup()
     caplog.set_level(logging.WARNING)
     t = make_trainer(run_copy, ["resume=latest", "optim.steps=5"], dev=False)
@@ -128,7 +138,7 @@ def test_a_truncated_state_file_names_the_file(run_copy):
     state = folder / ckpt.STATE_FILE
     state.write_bytes(state.read_bytes()[:500])
     (folder / ckpt.MANIFEST).unlink()  # as an older jmlr wrote it: nothing to check sizes against
-    with pytest.raises(ckpt.CorruptCheckpointError, match=f"{state}: cannot be read, the file is truncated"):
+    with pytest.raises(ValueError, match=f"{state}: cannot be read, the file is truncated"):
         ckpt.load_state(folder)
 
 
