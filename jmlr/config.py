@@ -296,7 +296,7 @@ _CHOICES = {
     "retriever.pooling": ("mean", "cls"),
     "reader.template": ("jmlr", "chat", "freetext"),
     "reader.target": ("letter", "letter_text", "option_text"),
-    "index.storage": ("fp32", "fp16", "bf16", "int8"),
+    "index.storage": ("fp32", "fp16", "bf16", "int8", "float32", "float16", "bfloat16"),
     "data.long_prompts": ("refuse", "truncate"),
 }
 # key -> (lower bound, inclusive?); None values pass for Optional keys.

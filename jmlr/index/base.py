@@ -224,12 +224,17 @@ class BaseIndex:
 
     def save(self, directory: str | os.PathLike) -> Path:
         """Write the index to ``directory`` atomically (temporary folder, then one rename)."""
+        from jmlr.fs import write_error
+
         from ._atomic import atomic_dir
 
-        with atomic_dir(directory) as tmp:
-            self._save_payload(tmp)
-            (tmp / IDS_NAME).write_text(json.dumps(self._ids))
-            (tmp / META_NAME).write_text(json.dumps(self.meta(), indent=2))
+        try:
+            with atomic_dir(directory) as tmp:
+                self._save_payload(tmp)
+                (tmp / IDS_NAME).write_text(json.dumps(self._ids))
+                (tmp / META_NAME).write_text(json.dumps(self.meta(), indent=2))
+        except OSError as e:  # ENOSPC and friends: name the index folder when the OS did not name a file
+            raise write_error(e, directory) from e
         return Path(directory)
 
     @classmethod

@@ -165,13 +165,12 @@ class JointTrainer:
     def from_config(cls, cfg: TrainConfig, progress: bool = True) -> "JointTrainer":
         """Load models and data named by ``cfg`` (aliases resolve to the bundled offline models)."""
         from jmlr.losses import get_loss
+        from jmlr.models import require
         from jmlr.reader import Reader
         from jmlr.retriever import DualEncoder
 
         validate(cfg)
         get_loss(cfg.loss.name, **dict(cfg.loss.options))  # an unknown loss is named before anything loads
-        from jmlr.models import require
-
         lock = claim_run_folder(cfg)  # output_dir checked, locked and created before models load
         require(cfg.retriever.model, "retriever.model")  # a missing or corrupt model is named before anything loads
         require(cfg.reader.model, "reader.model")
