@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import ROOT, hold_lock_in_subprocess, jmlr_cmd, run_jmlr
+from _reliability import ROOT, hold_lock_in_subprocess, jmlr_cmd, run_jmlr
 
 
 @pytest.fixture(scope="module")

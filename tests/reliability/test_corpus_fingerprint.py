@@ -1,7 +1,7 @@
 """Defect 2: resume and ``jmlr eval --run`` verify the corpus fingerprint and refuse another corpus."""
 import pytest
 
-from conftest import tiny_data, write_corpus, write_qa
+from _reliability import tiny_data, write_corpus, write_qa
 
 
 @pytest.fixture(scope="module")
@@ -12,7 +12,7 @@ def trained(tmp_path_factory, tiny_encoder_dir, tiny_reader_dir):
     from jmlr.retriever import DualEncoder
     from jmlr.train.trainer import JointTrainer
 
-    from conftest import BASE
+    from _reliability import BASE
 
     root = tmp_path_factory.mktemp("fp")
     corpus, qa = tiny_data()

@@ -8,7 +8,7 @@ import shutil
 
 import pytest
 
-from conftest import tiny_data
+from _reliability import tiny_data
 
 
 @pytest.fixture(scope="module")
@@ -19,7 +19,7 @@ def run4(tmp_path_factory, tiny_encoder_dir, tiny_reader_dir):
     from jmlr.retriever import DualEncoder
     from jmlr.train.trainer import JointTrainer
 
-    from conftest import BASE
+    from _reliability import BASE
 
     out = tmp_path_factory.mktemp("hk") / "run"
     corpus, qa = tiny_data()

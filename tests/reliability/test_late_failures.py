@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import tiny_data
+from _reliability import tiny_data
 
 
 def test_a_bad_output_dir_fails_before_any_model_loads(tmp_path):

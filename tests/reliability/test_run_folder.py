@@ -6,7 +6,7 @@ import socket
 
 import pytest
 
-from conftest import hold_lock_in_subprocess, run_jmlr
+from _reliability import hold_lock_in_subprocess, run_jmlr
 
 
 def test_a_second_training_into_a_held_output_dir_is_refused(tmp_path):
