@@ -51,14 +51,11 @@ def _train_steps(out):
 
 def test_metrics_are_trimmed_to_the_resumed_step(run_copy, make_trainer):
     assert _train_steps(run_copy) == [1, 2, 3, 4]
-    t = make_trainer(run_copy, [f"resume={run_copy / 'checkpoints' / 'step-2'}", "optim.steps=4"], dev=False)
-    t.train()
-    assert _train_steps(run_copy) == [1, 2, 3, 4], "each step logged once"
     with open(run_copy / "metrics.jsonl", "a") as f:
         f.write('{"step": 5, "loss": 0.1')  # a row cut short by a kill
     t = make_trainer(run_copy, [f"resume={run_copy / 'checkpoints' / 'step-2'}", "optim.steps=3"], dev=False)
     t.train()
-    assert _train_steps(run_copy) == [1, 2, 3]
+    assert _train_steps(run_copy) == [1, 2, 3], "each step logged once, the cut row dropped"
 
 
 def test_stale_temporaries_are_removed_at_start(run_copy, make_trainer):
