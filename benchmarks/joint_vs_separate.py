@@ -62,7 +62,7 @@ def base_overrides(args, out: Path) -> list[str]:
             f"reader.lr={args.lr}", f"retriever.lr={args.retriever_lr}", f"refresh.every={args.refresh_every}",
             f"reader.max_length={args.max_length}", f"reader.template={args.template}",
             f"reader.target={args.target}", f"seed={args.seed}", f"optim.precision={args.precision}",
-            "loss.name=rag_sequence"]
+            "loss.name=rag_sequence", "overwrite=true"]
 
 
 def load_models(args):

@@ -176,7 +176,7 @@ def run(args) -> dict:
     cfg = load_config(None, [f"output_dir={Path(args.out) / 'joint_run'}", f"optim.batch_size={args.batch}",
                              f"index.top_k={args.k}", "refresh.every=0", "eval_every=0", "optim.precision=fp32",
                              f"optim.steps={10 * (args.repeats + 1)}", "optim.warmup_steps=0",
-                             "loss.name=rag_sequence", "retriever.lr=3e-5", "reader.lr=3e-5"])
+                             "loss.name=rag_sequence", "retriever.lr=3e-5", "reader.lr=3e-5", "overwrite=true"])
     retriever = DualEncoder.from_pretrained(args.retriever)
     trainer = JointTrainer(cfg, retriever, cloze, sub, qs, progress=False)
     trainer.setup()

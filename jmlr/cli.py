@@ -16,6 +16,7 @@ EPILOG = """examples:
   jmlr eval retrieval --index idx/ --data medmcqa.json --format medmcqa
   jmlr data inspect us_4options_test.jsonl --format medqa
   jmlr bench topk --quick --out bench/
+  jmlr --debug train ...                     any command: show the traceback of an error
 """
 
 
@@ -106,6 +107,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="jmlr", description="Joint training of a dense retriever and an LLM reader for medical QA.",
         formatter_class=argparse.RawDescriptionHelpFormatter, epilog=EPILOG)
+    parser.add_argument("--debug", action="store_true", help="show the full traceback of an error")
     parser.add_argument("--version", action="version", version=f"jmlr {importlib.import_module('jmlr').__version__}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     _try_add("jmlr.demo", sub, "demo", "joint training on the bundled demo data, offline")
@@ -118,20 +120,69 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+_HUB_ERRORS = ("OfflineModeIsEnabled", "LocalEntryNotFoundError", "RepositoryNotFoundError", "GatedRepoError",
+               "RevisionNotFoundError", "EntryNotFoundError", "HFValidationError")
+_CORRUPT_ERRORS = ("SafetensorError", "UnpicklingError", "BadZipFile", "JSONDecodeError", "HeaderTooLarge")
+
+
+def _first_line(e: BaseException) -> str:
+    text = str(e).strip()
+    return text.splitlines()[0] if text else type(e).__name__
+
+
+def describe_error(e: BaseException) -> tuple[str, int] | None:
+    """``(one line, exit code)`` for an error a user can fix, or None for a bug (shown with its type).
+
+    Exit codes: 2 bad input, config or run folder (also a busy folder); 1 the environment (disk, hub,
+    permissions, corrupt files).
+    """
+    from jmlr.fs import describe_os_error
+
+    names = {c.__name__ for c in type(e).__mro__}
+    if names & set(_HUB_ERRORS):
+        return (f"{_first_line(e)}; the model is neither a local folder nor available offline: check the name or "
+                "path, or download it first (HF_HUB_OFFLINE=1 forbids downloads)", 1)
+    if names & set(_CORRUPT_ERRORS):
+        return f"a file could not be read, it is truncated or corrupt ({type(e).__name__}: {_first_line(e)})", 1
+    if isinstance(e, (FileNotFoundError, FileExistsError, NotADirectoryError, IsADirectoryError)) and e.errno is None:
+        return _first_line(e), 2
+    if isinstance(e, OSError):
+        msg = describe_os_error(e)
+        if "is not a local folder and is not a valid model identifier" in msg or "couldn't connect" in msg:
+            return f"{msg}; check the name or path (offline: only local folders and bundled aliases load)", 1
+        return msg, 2 if isinstance(e, FileNotFoundError) else 1
+    if isinstance(e, (ValueError, KeyError)) or type(e).__module__.startswith("jmlr"):
+        return _first_line(e) if not isinstance(e, KeyError) else str(e), 2
+    return None
+
+
 def main(argv: list[str] | None = None) -> int:
+    """Run the ``jmlr`` command. Every error is one line on stderr; ``--debug`` (or ``JMLR_DEBUG=1``) re-raises
+    it with its traceback."""
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    argv = list(sys.argv[1:] if argv is None else argv)
+    debug = "--debug" in argv or os.environ.get("JMLR_DEBUG", "") not in ("", "0")
+    argv = [a for a in argv if a != "--debug"]
     parser = build_parser()
     args, unknown = parser.parse_known_args(argv)
     if unknown and not getattr(args, "_accepts_unknown", False):
         parser.error(f"unrecognized arguments: {' '.join(unknown)}")
     try:
         return int(args.func(args) or 0)
-    except (ValueError, FileNotFoundError) as e:
-        print(f"jmlr {args.command}: error: {e}", file=sys.stderr)
-        return 2
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
+    except Exception as e:
+        if debug:
+            raise
+        described = describe_error(e)
+        if described is None:
+            print(f"jmlr {args.command}: error: {type(e).__name__}: {_first_line(e)} (an unexpected error; rerun "
+                  "with --debug for the traceback and report it)", file=sys.stderr)
+            return 1
+        msg, code = described
+        print(f"jmlr {args.command}: error: {msg}", file=sys.stderr)
+        return code
 
 
 if __name__ == "__main__":

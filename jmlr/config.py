@@ -36,6 +36,9 @@ class DataConfig:
     corpus_format: Optional[str] = _f(None, "corpus format; inferred from the extension when empty")
     max_train: Optional[int] = _f(None, "use at most this many training questions")
     max_eval: Optional[int] = _f(None, "evaluate on at most this many dev/test questions")
+    long_prompts: str = _f("refuse", "a question whose prompt (question + options + answer, no passages) exceeds "
+                                     "reader.max_length: refuse (error before training, naming the longest) or "
+                                     "truncate (cut the question text to fit)")
 
 
 @dataclass
@@ -109,6 +112,9 @@ class OptimConfig:
     grad_accum: int = _f(1, "micro-batches per optimizer step")
     warmup_steps: int = _f(10, "linear warmup steps")
     schedule: str = _f("linear", "learning-rate schedule after warmup: linear, cosine or constant")
+    nonfinite: str = _f("skip", "a step whose loss or gradient is NaN/inf: skip it (no update, counted and logged), "
+                                "raise at once, or ignore (apply it anyway)")
+    max_nonfinite_skips: int = _f(5, "with nonfinite=skip, raise after this many consecutive skipped steps")
     max_grad_norm: float = _f(1.0, "gradient clipping norm (0 = off)")
     weight_decay: float = _f(0.0, "AdamW weight decay")
     precision: str = _f("auto", "autocast precision: auto (bf16 where the device runs it natively: CUDA with bf16, "
@@ -118,6 +124,8 @@ class OptimConfig:
 @dataclass
 class TrainConfig:
     output_dir: str = _f("runs/jmlr", "run folder: metrics, checkpoints, plots")
+    overwrite: bool = _f(False, "a fresh run into an output_dir that already holds files replaces the old run's "
+                                "outputs (else it refuses; use resume=latest to continue it)")
     seed: int = _f(0, "random seed for torch, numpy and python")
     eval_every: int = _f(50, "evaluate on dev every N steps (0 = only at the end)")
     checkpoint_every: int = _f(0, "checkpoint every N steps (0 = only at the end)")
@@ -289,6 +297,8 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
         except yaml.YAMLError:
             pass
         set_value(cfg, key, value)
+    if isinstance(cfg, TrainConfig):
+        validate(cfg)
     return cfg
 
 
@@ -313,3 +323,76 @@ def describe(cls=TrainConfig, prefix: str = "") -> str:
         else:
             lines.append(f"  {prefix + f.name:<34} {getattr(inst, f.name)!r:<16} {f.metadata.get('help', '')}")
     return "\n".join(lines)
+
+
+# ----------------------------------------------------------------------------------------------- validation
+
+_CHOICES = {
+    "optim.schedule": ("linear", "cosine", "constant"),
+    "optim.nonfinite": ("skip", "raise", "ignore"),
+    "retriever.pooling": ("mean", "cls"),
+    "reader.template": ("jmlr", "chat", "freetext"),
+    "reader.target": ("letter", "letter_text", "option_text"),
+    "index.storage": ("fp32", "fp16", "bf16", "int8", "float32", "float16", "bfloat16"),
+    "data.long_prompts": ("refuse", "truncate"),
+}
+# key -> (lower bound, inclusive?); None values pass for Optional keys.
+_BOUNDS = {
+    "eval_every": (0, True), "checkpoint_every": (0, True), "log_every": (0, True),
+    "data.max_train": (1, True), "data.max_eval": (1, True),
+    "retriever.max_length": (1, True), "retriever.lr": (0, True), "retriever.temperature": (0, False),
+    "reader.max_length": (8, True), "reader.lora_r": (1, True), "reader.lora_alpha": (0, False),
+    "reader.lr": (0, True),
+    "index.top_k": (1, True), "index.over_retrieve": (0, True), "index.sample_m": (0, True),
+    "refresh.every": (0, True), "refresh.probe_size": (1, True),
+    "loss.reader_temperature": (0, False),
+    "optim.steps": (1, True), "optim.batch_size": (1, True), "optim.grad_accum": (1, True),
+    "optim.warmup_steps": (0, True), "optim.max_grad_norm": (0, True), "optim.weight_decay": (0, True),
+    "optim.max_nonfinite_skips": (0, True),
+}
+
+
+def _get(cfg, dotted: str):
+    obj = cfg
+    for part in dotted.split("."):
+        obj = getattr(obj, part)
+    return obj
+
+
+def validate(cfg: TrainConfig) -> TrainConfig:
+    """Check every value's range before anything loads; raise one ``ValueError`` naming each bad key.
+
+    >>> validate(load_config(None, ["optim.grad_accum=0"]))  # doctest: +SKIP
+    ValueError: invalid config: optim.grad_accum must be >= 1, got 0
+    """
+    import math
+
+    problems = []
+    for key, (low, inclusive) in _BOUNDS.items():
+        try:
+            v = _get(cfg, key)
+        except AttributeError:
+            continue
+        if v is None:
+            continue
+        if isinstance(v, float) and not math.isfinite(v):
+            problems.append(f"{key} must be a finite number, got {v!r}")
+        elif v < low or (v == low and not inclusive):
+            problems.append(f"{key} must be {'>=' if inclusive else '>'} {low}, got {v!r}")
+    for key, allowed in _CHOICES.items():
+        try:
+            v = _get(cfg, key)
+        except AttributeError:
+            continue
+        if v not in allowed:
+            problems.append(f"{key} must be one of {', '.join(allowed)}, got {v!r}")
+    if cfg.index.sample_m and cfg.index.sample_m > cfg.index.top_k:
+        problems.append(f"index.sample_m={cfg.index.sample_m} must be in 1..index.top_k={cfg.index.top_k} (0 = off)")
+    st = cfg.refresh.staleness_threshold
+    if st is not None and not 0 < st <= 1:
+        problems.append(f"refresh.staleness_threshold must be in (0, 1], got {st!r}")
+    if not str(cfg.output_dir).strip():
+        problems.append("output_dir must be a folder path, got ''")
+    if problems:
+        raise ValueError("invalid config: " + "; ".join(problems))
+    return cfg

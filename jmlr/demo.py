@@ -21,7 +21,7 @@ PRESETS = {
 }
 DEFAULTS = ["retriever.model=minilm", "reader.model=smollm2-135m", "reader.template=chat", "reader.target=option_text",
             "loss.name=rag_sequence",
-            "retriever.lr=3e-5", "reader.lr=3e-5", "refresh.every=20", "data.max_train=600"]
+            "retriever.lr=3e-5", "reader.lr=3e-5", "refresh.every=20", "data.max_train=600", "overwrite=true"]
 
 
 def add_cli(subparsers) -> None:
@@ -51,9 +51,7 @@ def run_demo(quick: bool = False, out: str = "runs/demo", overrides: list[str] |
     t0 = time.perf_counter()
     cfg = load_config(None, DEFAULTS + PRESETS["quick" if quick else "full"] + [f"output_dir={out}"]
                       + list(overrides or []))
-    out_dir = Path(cfg.output_dir)
-    if (out_dir / "metrics.jsonl").exists():
-        (out_dir / "metrics.jsonl").unlink()  # a fresh run's log, not appended to an old one
+    out_dir = Path(cfg.output_dir)  # overwrite=true: a re-run replaces the last demo's outputs in this folder
     print(f"jmlr demo ({'quick' if quick else 'full'}): retriever={cfg.retriever.model} reader={cfg.reader.model} "
           f"loss={cfg.loss.name} steps={cfg.optim.steps} K={cfg.index.top_k} -> {out_dir}", flush=True)
     trainer = JointTrainer.from_config(cfg)

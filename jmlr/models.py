@@ -95,12 +95,21 @@ def _convert_gguf(src_dir: Path, gguf_file: str, out: Path) -> None:
 def _smollm2_path() -> str:
     target = cache_dir() / "models" / "smollm2-135m"
     if (target / _CONVERTED_MARKER).is_file():
+        if any(target.parent.glob(".smollm2-*")):  # a conversion killed mid-way left its folder (~0.5 GB)
+            from filelock import FileLock, Timeout
+
+            try:
+                with FileLock(str(target) + ".lock", timeout=0):
+                    _clean_conversions(target.parent)
+            except Timeout:  # someone converts right now: leave their folder alone
+                pass
         return str(target)  # fast path: no lock, no import of transformers
     src = _smollm2_gguf_dir()
     from filelock import FileLock
 
     target.parent.mkdir(parents=True, exist_ok=True)
     with FileLock(str(target) + ".lock"):
+        _clean_conversions(target.parent)  # we hold the lock: any conversion folder left here is a dead one's
         if (target / _CONVERTED_MARKER).is_file():  # another process converted it while we waited
             return str(target)
         logger.warning("converting %s to safetensors under %s (once)", SMOLLM2_GGUF, target)
@@ -114,6 +123,50 @@ def _smollm2_path() -> str:
             if tmp.exists():
                 shutil.rmtree(tmp, ignore_errors=True)
     return str(target)
+
+
+class CorruptFileError(ValueError):
+    """A model file is truncated or corrupt."""
+
+
+def check_weights(folder: str | os.PathLike) -> None:
+    """Raise :class:`CorruptFileError` naming a ``*.safetensors`` file (in ``folder`` or one level below) whose
+    size does not match its header, i.e. a truncated or damaged file. Reads the headers only."""
+    folder = Path(folder)
+    for f in sorted([*folder.glob("*.safetensors"), *folder.glob("*/*.safetensors")]):
+        size = f.stat().st_size
+        problem = None
+        with open(f, "rb") as fh:
+            head = fh.read(8)
+            n = int.from_bytes(head, "little") if len(head) == 8 else -1
+            if n <= 0 or 8 + n > size:
+                problem = f"{size} bytes, too short for its header"
+            else:
+                try:
+                    header = json.loads(fh.read(n))
+                    end = max((int(v["data_offsets"][1]) for k, v in header.items() if k != "__metadata__"),
+                              default=0)
+                except (ValueError, KeyError, TypeError, IndexError, AttributeError):
+                    problem = "its header is not valid"
+                else:
+                    if 8 + n + end != size:
+                        problem = f"{size} bytes, its header expects {8 + n + end}"
+        if problem:
+            raise CorruptFileError(f"{f}: truncated or corrupt safetensors file ({problem}); save or download the "
+                                   "model again")
+
+
+def _clean_conversions(folder: Path) -> None:
+    """Remove ``.smollm2-*`` conversion folders; call only under the conversion lock."""
+    from jmlr.fs import clean_stale_tmp
+
+    clean_stale_tmp(folder, names=(), locked=True, prefixes=(".smollm2-",))
+
+
+def _looks_like_path(name: str) -> bool:
+    """A name that can only mean a local path (an HF hub id is ``name`` or ``org/name``)."""
+    return (name.startswith(("/", "./", "../", "~", ".\\")) or name.count("/") > 1 or "\\" in name
+            or name.endswith("/") or name in (".", ".."))
 
 
 def resolve(name: str) -> str:
@@ -131,5 +184,40 @@ def resolve(name: str) -> str:
         return _smollm2_path()
     path = Path(name).expanduser()
     if path.exists():
+        if path.is_dir():
+            check_weights(path)
         return str(path)
+    if _looks_like_path(name):
+        parent = next((p for p in path.absolute().parents if p.exists()), None)
+        raise FileNotFoundError(f"model folder {name} does not exist"
+                                + (f" (nearest existing folder: {parent})" if parent and str(parent) != "/" else "")
+                                + f"; check the path, or use an alias ({', '.join(ALIASES)}) or an HF name")
     return name  # an HF hub name: transformers resolves (or, offline, refuses) it
+
+
+def require(name: str, key: str = "model") -> str:
+    """:func:`resolve`, and when offline also check that a hub name is in the HF cache: a model that cannot load
+    is named (with the config key or option ``key``) before anything else loads."""
+    out = resolve(name)
+    if out == name and not Path(name).expanduser().exists() and _offline() and not _in_hub_cache(name):
+        raise FileNotFoundError(f"{key} {name!r} is not a local folder, not a bundled alias ({', '.join(ALIASES)}) "
+                                "and not in the Hugging Face cache, and downloads are off (HF_HUB_OFFLINE=1): check "
+                                "the name or path, or download it once with network access")
+    return out
+
+
+def _offline() -> bool:
+    return any(os.environ.get(k, "").lower() in ("1", "true", "yes", "on") for k in ("HF_HUB_OFFLINE",
+                                                                                    "TRANSFORMERS_OFFLINE"))
+
+
+def _in_hub_cache(name: str) -> bool:
+    """Whether the HF cache holds ``name``'s config (True when that cannot be told: transformers decides)."""
+    try:
+        from huggingface_hub import try_to_load_from_cache
+    except ImportError:  # pragma: no cover - a transformers dependency
+        return True
+    try:
+        return isinstance(try_to_load_from_cache(name, "config.json"), str)
+    except Exception:  # an invalid repo id: transformers says why
+        return True

@@ -240,7 +240,21 @@ class Corpus(Sequence[Passage]):
         c.source = source
         if check:
             c._check_ids(source, locs, loc_name)
+            c._warn_empty(source, locs, loc_name)
         return c
+
+    def _warn_empty(self, source: str | None, locs: np.ndarray | None, loc_name: str) -> int:
+        """Log a warning when passages have empty (or blank) text: they are kept, but carry nothing to match."""
+        off = self._texts._off
+        short = np.nonzero(np.diff(off) <= 16)[0]  # only short entries can be blank; no full decode
+        empty = [int(k) for k in short if not self._texts[int(k)].strip()]
+        if empty:
+            k = empty[0]
+            where = f"{loc_name} {int(locs[k])}" if locs is not None and locs[k] >= 0 else f"passage {k}"
+            logger.warning("%s: %d passage(s) have empty text (first: id %r at %s); they are indexed but match "
+                           "nothing; remove them or fill in their text", source or "corpus", len(empty),
+                           self._ids[k], where)
+        return len(empty)
 
     def _check_ids(self, source: str | None, locs: np.ndarray | None, loc_name: str) -> None:
         """Build the id index; raise ``ValueError`` on an empty or duplicate id, naming both places."""

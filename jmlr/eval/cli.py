@@ -34,12 +34,18 @@ def add_cli(subparsers) -> None:
 def _cmd(args) -> int:
     if not args.run or not args.data:
         raise ValueError("jmlr eval needs --run DIR and --data F (or use `jmlr eval retrieval ...`)")
+    if args.out:
+        from jmlr.fs import check_writable_dir
+
+        check_writable_dir(Path(args.out).absolute().parent, "the folder of --out")  # before the models load
     res = evaluate_run(args.run, args.data, args.format, retrieval=not args.no_retrieval, limit=args.limit,
                        device=args.device)
     text = json.dumps(res, indent=2, default=float)
     print(text)
     if args.out:
-        Path(args.out).write_text(text)
+        from jmlr.fs import write_text_atomic
+
+        write_text_atomic(args.out, text)
     return 0
 
 

@@ -266,12 +266,17 @@ class BaseIndex:
 
     def save(self, directory: str | os.PathLike) -> Path:
         """Write the index to ``directory`` atomically (temporary folder, then one rename)."""
+        from jmlr.fs import write_error
+
         from ._atomic import atomic_dir
 
-        with atomic_dir(directory) as tmp:
-            self._save_payload(tmp)
-            (tmp / IDS_NAME).write_text(json.dumps(self._ids))
-            (tmp / META_NAME).write_text(json.dumps(self.meta(), indent=2))
+        try:
+            with atomic_dir(directory) as tmp:
+                self._save_payload(tmp)
+                (tmp / IDS_NAME).write_text(json.dumps(self._ids))
+                (tmp / META_NAME).write_text(json.dumps(self.meta(), indent=2))
+        except OSError as e:  # ENOSPC and friends: name the index folder when the OS did not name a file
+            raise write_error(e, directory) from e
         return Path(directory)
 
     @classmethod
@@ -360,9 +365,18 @@ def load_index(directory: str | os.PathLike, *, encoder=None, corpus=None, encod
     meta = read_meta(folder)
     if encoder is not None and encoder_fingerprint is None:
         encoder_fingerprint = encoder.fingerprint("doc")
+    n_given = None
     if corpus is not None and corpus_fingerprint is None:
-        corpus_fingerprint = corpus_parts(corpus)[2]
-    check_fingerprints(meta, folder, encoder_fingerprint, corpus_fingerprint, force)
+        given_ids, _, corpus_fingerprint = corpus_parts(corpus)
+        n_given = len(given_ids)
+    try:
+        check_fingerprints(meta, folder, encoder_fingerprint, corpus_fingerprint, force)
+    except IndexMismatchError as e:
+        if n_given is not None and n_given != int(meta["count"]) and meta.get("corpus_fingerprint") != \
+                corpus_fingerprint:  # say what differs
+            raise IndexMismatchError(f"{e} (the index holds {meta['count']} passages, the corpus given "
+                                     f"{n_given})") from None
+        raise
     module, name = _REGISTRY[meta["kind"]].split(":")
     cls = getattr(importlib.import_module(module), name)
     return cls._load_payload(folder, meta, **kwargs)

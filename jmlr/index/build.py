@@ -81,7 +81,21 @@ def build_index(encoder, corpus, *, index_type: str = "flat", metric: str = "ip"
 
 
 def remove_store(store_dir: str | os.PathLike) -> None:
-    """Delete an embedding store folder once its index is saved."""
+    """Delete an embedding store folder once its index is saved (left alone while another build uses it)."""
+    import logging
+
+    from jmlr.fs import FolderLockedError, run_folder_lock
+
     p = Path(store_dir)
-    if p.is_dir():
+    if not p.is_dir():
+        return
+    lock = run_folder_lock(p, f"embedding store {p}")
+    try:
+        lock.acquire()
+    except FolderLockedError as e:
+        logging.getLogger(__name__).warning("not removing %s: %s", p, e)
+        return
+    try:
         shutil.rmtree(p)
+    finally:
+        lock.release()

@@ -5,6 +5,7 @@ Heavy imports happen inside the command functions, so registering the parsers co
 from __future__ import annotations
 
 import argparse
+import errno
 import json
 import os
 import sys
@@ -107,8 +108,38 @@ def _load_corpus(path: str, fmt: str | None):
     return Corpus.load(path, fmt=fmt)
 
 
+def _check_out(out: Path) -> None:
+    """Refuse a bad ``--out`` before anything is encoded: a file, a folder that is not an index, an
+    unwritable parent."""
+    from jmlr.fs import check_writable_dir
+
+    if out.exists() and not out.is_dir():
+        raise NotADirectoryError(errno.ENOTDIR, "--out is a file, not an index folder", str(out))
+    if out.is_dir() and any(out.iterdir()) and not (out / "meta.json").is_file():
+        raise FileExistsError(errno.EEXIST, "--out is a folder that is not a jmlr index (no meta.json); refusing "
+                                            "to replace it", str(out))
+    check_writable_dir(out.absolute().parent, "the folder of --out")
+
+
 def cmd_build(args) -> int:
-    """``jmlr index build``."""
+    """``jmlr index build``: one writer per ``--out`` (a lock beside it), checked before anything loads."""
+    from jmlr.fs import clean_stale_tmp, output_lock
+
+    out = Path(args.out)
+    _check_out(out)
+    for name in ("batch_size", "chunk_size"):
+        if getattr(args, name) < 1:
+            raise ValueError(f"--{name.replace('_', '-')} must be >= 1, got {getattr(args, name)}")
+    if args.type != "bm25":
+        from jmlr.models import require
+
+        require(args.encoder, "--encoder")
+    with output_lock(out, f"index output {out}"):
+        clean_stale_tmp(out.absolute().parent, [out.name], locked=True)
+        return _build(args)
+
+
+def _build(args) -> int:
     from jmlr.index.build import build_index, remove_store
 
     progress = not args.quiet
@@ -231,6 +262,10 @@ def cmd_eval_retrieval(args) -> int:
         raise ValueError(f"-k {args.k!r}: expected comma-separated integers like 1,5,20") from None
     if not ks or ks[0] < 1:
         raise ValueError(f"-k {args.k!r}: cutoffs must be >= 1")
+    if args.out:
+        from jmlr.fs import check_writable_dir
+
+        check_writable_dir(Path(args.out).absolute().parent, "the folder of --out")  # before anything is encoded
     examples = load_qa(args.format, args.data)
     with_gold = [ex for ex in examples if ex.gold_passage_ids]
     if args.limit:

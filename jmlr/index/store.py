@@ -8,6 +8,9 @@ Layout of a store folder::
 ``state.json`` is replaced atomically after each chunk is flushed, so ``done`` never counts rows that
 are not on disk. Re-running :meth:`EmbeddingStore.encode` with the same texts and fingerprint continues
 at ``done``; a different fingerprint (another encoder or corpus) starts over.
+
+One process encodes into a store at a time (a lock, ``.jmlr.lock`` inside it). Starting over unlinks the old
+``embeddings.npy`` and creates a new file, so a finished memmap that an index wraps is never rewritten in place.
 """
 from __future__ import annotations
 
@@ -84,7 +87,17 @@ class EmbeddingStore:
             raise ValueError(f"chunk_size must be >= 1, got {chunk_size}")
         texts = list(texts)
         n = len(texts)
+        from jmlr.fs import run_folder_lock
+
         self.directory.mkdir(parents=True, exist_ok=True)
+        with run_folder_lock(self.directory, f"embedding store {self.directory}"):
+            return self._encode(encode_fn, texts, n, fingerprint, dtype, chunk_size, progress)
+
+    def _encode(self, encode_fn, texts, n, fingerprint, dtype, chunk_size, progress) -> np.memmap:
+        from tqdm.auto import tqdm
+
+        from .base import as_float32_matrix
+
         st = self.state
         start, dim = 0, None
         if st and (st.get("n"), st.get("dtype"), st.get("fingerprint")) == (n, dtype, fingerprint) \
@@ -105,6 +118,8 @@ class EmbeddingStore:
                 raise ValueError(f"encode_fn returned {emb.shape[0]} rows for {len(chunk)} texts (rows {s}..)")
             if mm is None:
                 dim = emb.shape[1]
+                if (self.directory / EMB_NAME).exists():  # a new inode: never rewrite a file someone may map
+                    (self.directory / EMB_NAME).unlink()
                 mm = np.lib.format.open_memmap(self.directory / EMB_NAME, mode="w+", dtype=_DTYPES[dtype],
                                                shape=(n, dim))
             mm[s:s + len(chunk)] = emb

@@ -77,11 +77,24 @@ class RetrievalState:
 
     def load(self, folder: str | Path, version: int | None = None) -> None:
         """Adopt the index saved by :meth:`save` (the exact index a checkpoint was trained against)."""
-        from jmlr.index import load_index, read_meta
+        from jmlr.index import IndexMismatchError, load_index, read_meta
+        from jmlr.index.base import texts_fingerprint
 
         folder = Path(folder)
         shard = folder / f"rank-{self.rank}" if self.world > 1 else folder
-        index = load_index(shard, **self._index_device_kwargs(read_meta(shard)["kind"]))
+        # The saved index must describe THIS corpus: same rows, same texts, same order (the fingerprint the
+        # refresher recorded over (row, text) pairs), else its ids point at the wrong passages.
+        rows, texts = list(range(self.start, self.end)), self.doc_texts[self.start:self.end]
+        meta = read_meta(shard)
+        want, have = texts_fingerprint(rows, texts), meta.get("corpus_fingerprint")
+        if have is not None and have != want:
+            n = int(meta["count"])
+            what = (f"the index holds {n} passages but the corpus has {len(rows)}" if n != len(rows) else
+                    f"both hold {n} passages, but their texts or order differ (corpus fingerprint {have} in the "
+                    f"index, {want} now)")
+            raise IndexMismatchError(f"{shard}: the saved index was built over another corpus: {what}; use the "
+                                     "corpus the run was trained on (data.corpus), or start a fresh run")
+        index = load_index(shard, corpus_fingerprint=want, **self._index_device_kwargs(meta["kind"]))
         if version is not None:
             index.version = version
         self.build(index=index)

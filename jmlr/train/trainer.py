@@ -20,11 +20,18 @@ import numpy as np
 import torch
 from torch import nn
 
-from jmlr.config import TrainConfig, save_config, to_dict
+from jmlr.config import TrainConfig, save_config, to_dict, validate
 from jmlr.core.precision import Precision, resolve_precision
 from jmlr.train import checkpoint as ckpt
 
 logger = logging.getLogger(__name__)
+
+RUN_OUTPUTS = ("checkpoints", "metrics.jsonl", "summary.json", "config.yaml", "tb", "curves.png")
+"""What a training run writes into its output_dir (what ``overwrite=true`` removes)."""
+
+
+class NonFiniteError(RuntimeError):
+    """A NaN/inf loss, gradient or weight that the ``optim.nonfinite`` policy does not let through."""
 
 
 def seed_everything(seed: int) -> None:
@@ -131,6 +138,7 @@ class JointTrainer:
             raise ValueError(f"corpus has {len(corpus)} passages, fewer than index.top_k={config.index.top_k}")
         if config.index.sample_m and not 0 < config.index.sample_m <= config.index.top_k:
             raise ValueError(f"index.sample_m={config.index.sample_m} must be in 1..index.top_k={config.index.top_k}")
+        validate(config)
         self.cfg = config
         self.retriever = retriever
         self.reader = reader
@@ -148,17 +156,27 @@ class JointTrainer:
         self.evals: list[dict] = []
         self.costs = RunCosts()
         self.step = 0
+        self.nonfinite_skipped = 0  # optimizer steps dropped by the optim.nonfinite guard
+        self._nonfinite_run = 0  # of them, in a row up to now
+        self._lock = None  # the output_dir writer lock (see claim_run_folder)
         self._setup_done = False
 
     # ------------------------------------------------------------------ construction helpers
     @classmethod
     def from_config(cls, cfg: TrainConfig, progress: bool = True) -> "JointTrainer":
         """Load models and data named by ``cfg`` (aliases resolve to the bundled offline models)."""
+        from jmlr.losses import get_loss
+        from jmlr.models import require
         from jmlr.reader import Reader
         from jmlr.reader.loading import reader_load_kwargs
         from jmlr.retriever import DualEncoder
 
+        validate(cfg)
+        get_loss(cfg.loss.name, **dict(cfg.loss.options))  # an unknown loss is named before anything loads
         reader_kw = reader_load_kwargs(cfg.reader)  # LoRA, dtype, attention, quantisation: checked before loading
+        lock = claim_run_folder(cfg)  # output_dir checked, locked and created before models load
+        require(cfg.retriever.model, "retriever.model")  # a missing or corrupt model is named before anything loads
+        require(cfg.reader.model, "reader.model")
         train, dev, _test, corpus = load_data(cfg)
         retriever = DualEncoder.from_pretrained(cfg.retriever.model, shared=cfg.retriever.shared_towers,
                                                 pooling=cfg.retriever.pooling, normalize=cfg.retriever.normalize,
@@ -167,7 +185,9 @@ class JointTrainer:
                                         max_length=cfg.reader.max_length, target=cfg.reader.target,
                                         gradient_checkpointing=cfg.reader.gradient_checkpointing,
                                         trust_remote_code=cfg.reader.trust_remote_code, **reader_kw)
-        return cls(cfg, retriever, reader, corpus, train, dev, progress=progress)
+        trainer = cls(cfg, retriever, reader, corpus, train, dev, progress=progress)
+        trainer._lock = lock
+        return trainer
 
     def _make_loss(self):
         from jmlr.losses import get_loss
@@ -185,6 +205,8 @@ class JointTrainer:
         from accelerate.utils import DistributedDataParallelKwargs
         from transformers import get_scheduler
 
+        if self._lock is None:
+            self._lock = claim_run_folder(cfg)
         seed_everything(cfg.seed)
         if self.accelerator is None:
             self.accelerator = Accelerator(
@@ -223,9 +245,13 @@ class JointTrainer:
 
         from jmlr.train.retrieval import RetrievalState
 
+        self.train_data = check_prompt_lengths(self.reader, self.train_data, cfg, "train")
+        self.dev_data = check_prompt_lengths(self.reader, self.dev_data, cfg, "dev")
         self.retrieval = RetrievalState(self.retriever, self.doc_texts, cfg, rank=self.rank, world=self.world,
                                         progress=self.progress and self.is_main, precision=self.precision,
                                         device=self.device)
+        if self.is_main:
+            warn_skipped_refreshes(cfg)
         if cfg.resume:
             self.load_checkpoint(cfg.resume)
         else:
@@ -270,7 +296,15 @@ class JointTrainer:
         if self.dev_data:
             self.evaluate(self.dev_data, split="dev")
         self.save_checkpoint()
-        return self.summary()
+        summary = self.summary()
+        self.release()
+        return summary
+
+    def release(self) -> None:
+        """Give up the output_dir lock (done by :meth:`train` when it finishes)."""
+        if self._lock is not None:
+            self._lock.release()
+            self._lock = None
 
     def _batch_indices(self, step: int, micro: int) -> list[int]:
         """Deterministic, resumable data order: a fresh permutation per epoch from (seed, epoch)."""
@@ -300,6 +334,7 @@ class JointTrainer:
         if cfg.optim.max_grad_norm:
             params = [p for g in self.optim.param_groups for p in g["params"]]
             stats_acc["grad_norm"] = float(self.accelerator.clip_grad_norm_(params, cfg.optim.max_grad_norm))
+        self._guard_nonfinite(total, stats_acc)  # NaN/inf: drops the gradients, so the step below is a no-op
         self.optim.step()
         self.sched.step()
         self.optim.zero_grad(set_to_none=True)
@@ -307,6 +342,44 @@ class JointTrainer:
         for g, lr in zip(self.optim.param_groups, lrs):
             stats_acc[f"lr_{g.get('name', 'group')}"] = lr
         return total, stats_acc
+
+    def _guard_nonfinite(self, loss: float, stats: dict) -> bool:
+        """Apply ``optim.nonfinite`` to this step's loss and gradients; True when the update is dropped.
+
+        ``skip`` sets every gradient to None (AdamW then leaves weights and moments untouched), counts the step
+        and raises :class:`NonFiniteError` after more than ``optim.max_nonfinite_skips`` in a row; ``raise``
+        raises at once; ``ignore`` applies the step. Every rank takes the same decision.
+        """
+        oc = self.cfg.optim
+        if oc.nonfinite == "ignore":
+            return False
+        norm = stats.get("grad_norm")
+        if norm is None:
+            grads = [p.grad for g in self.optim.param_groups for p in g["params"] if p.grad is not None]
+            norm = float(torch.nn.utils.get_total_norm(grads)) if grads else 0.0
+        bad = torch.tensor(0.0 if math.isfinite(loss) and math.isfinite(norm) else 1.0, device=self.device)
+        if self.world > 1 and torch.distributed.is_available() and torch.distributed.is_initialized():
+            torch.distributed.all_reduce(bad, op=torch.distributed.ReduceOp.MAX)
+        if not bad.item():
+            self._nonfinite_run = 0
+            return False
+        step = self.step + 1
+        what = f"step {step}: loss {loss}, gradient norm {norm}"
+        hint = ("lower retriever.lr / reader.lr, keep optim.max_grad_norm > 0, or check the data of this step; "
+                "optim.nonfinite=skip|raise|ignore sets the policy")
+        if oc.nonfinite == "raise":
+            raise NonFiniteError(f"non-finite loss or gradient at {what} (optim.nonfinite=raise); {hint}")
+        self._nonfinite_run += 1
+        self.nonfinite_skipped += 1
+        if self._nonfinite_run > oc.max_nonfinite_skips:
+            raise NonFiniteError(f"{self._nonfinite_run} steps in a row had a non-finite loss or gradient (last: "
+                                 f"{what}), more than optim.max_nonfinite_skips={oc.max_nonfinite_skips}; {hint}")
+        logger.warning("non-finite loss or gradient at %s: update skipped (%d in a row, %d in all; optim.nonfinite"
+                       "=skip)", what, self._nonfinite_run, self.nonfinite_skipped)
+        self.optim.zero_grad(set_to_none=True)
+        stats["skipped"] = 1
+        stats["nonfinite_skipped"] = self.nonfinite_skipped
+        return True
 
     def _micro_step(self, batch: list) -> tuple[torch.Tensor, dict]:
         cfg = self.cfg
@@ -388,20 +461,30 @@ class JointTrainer:
         if not self.is_main:
             self.accelerator.wait_for_everyone()
             return None
-        with ckpt.atomic_dir(folder) as tmp:
-            self.reader.save_pretrained(tmp / "reader")
-            self.retriever.save_pretrained(tmp / "retriever")
-            self.retrieval.save(tmp / "index")
-            ckpt.save_state(tmp, {
-                "step": self.step,
-                "optimizer": self.optim.state_dict(),
-                "scheduler": self.sched.state_dict(),
-                "rng": ckpt.rng_state(),
-                "index_version": self.retrieval.version,
-                "last_refresh_trigger": self.retrieval.last_trigger_step,
-                "history": json.dumps(self.history),
-                "config": json.dumps(to_dict(self.cfg)),
-            })
+        check_finite_weights({"reader": self.reader.model, "retriever": self.retriever}, folder)
+        from jmlr.fs import write_error
+
+        try:
+            with ckpt.atomic_dir(folder) as tmp:
+                self.reader.save_pretrained(tmp / "reader")
+                self.retriever.save_pretrained(tmp / "retriever")
+                self.retrieval.save(tmp / "index")
+                ckpt.save_state(tmp, {
+                    "step": self.step,
+                    "optimizer": self.optim.state_dict(),
+                    "scheduler": self.sched.state_dict(),
+                    "rng": ckpt.rng_state(),
+                    "index_version": self.retrieval.version,
+                    "last_refresh_trigger": self.retrieval.last_trigger_step,
+                    "history": json.dumps(self.history),
+                    "config": json.dumps(to_dict(self.cfg)),
+                    "nonfinite_skipped": self.nonfinite_skipped,
+                })
+                ckpt.write_manifest(tmp, self.step)
+        except (OSError, RuntimeError) as e:
+            if type(e).__module__.startswith("jmlr"):
+                raise
+            raise write_error(e, folder) from e
         self.accelerator.wait_for_everyone()
         return folder
 
@@ -410,10 +493,15 @@ class JointTrainer:
         if str(folder) == "latest":
             found = ckpt.latest_checkpoint(self.out)
             if found is None:
-                raise FileNotFoundError(f"resume=latest but {self.out}/checkpoints holds no checkpoint")
+                raise FileNotFoundError(f"resume=latest but {self.out}/checkpoints holds no usable checkpoint")
             folder = found
         folder = Path(folder)
+        problem = ckpt.verify_checkpoint(folder)
+        if problem:
+            raise ckpt.CorruptCheckpointError(f"resume={folder}: {problem}; resume from another checkpoint "
+                                              "(resume=latest falls back to the newest good one)")
         state = ckpt.load_state(folder)
+        _check_steps_left(int(state["step"]), self.cfg, folder)
         from jmlr.reader import Reader
         from jmlr.retriever import DualEncoder
 
@@ -429,7 +517,10 @@ class JointTrainer:
         self.history = json.loads(state["history"])
         self.retrieval.load(folder / "index", version=int(state["index_version"]))
         self.retrieval.last_trigger_step = int(state["last_refresh_trigger"])
+        self.nonfinite_skipped = int(state.get("nonfinite_skipped", 0))
         ckpt.set_rng_state(state["rng"])
+        if self.is_main:
+            trim_metrics(self.out / "metrics.jsonl", self.step)
 
     # ------------------------------------------------------------------ logging and summary
     def _log(self, row: dict) -> None:
@@ -448,6 +539,7 @@ class JointTrainer:
             "losses": [h["loss"] for h in self.history],
             "evals": self.evals,
             "precision": self.precision.as_dict(),
+            "nonfinite_skipped": self.nonfinite_skipped,
             "costs": self.costs.summary(self.n_reader_params, self.n_retriever_params, self.retrieval.stats(),
                                         retriever_trains=not self.cfg.retriever.frozen),
         }
@@ -555,3 +647,187 @@ def load_data(cfg: TrainConfig):
     else:
         corpus = Corpus.load(d.corpus, fmt=d.corpus_format)
     return qa(d.train, "train"), qa(d.dev, "dev"), qa(d.test, "test"), corpus
+
+
+# ----------------------------------------------------------------------------------------------- reliability
+
+def claim_run_folder(cfg: TrainConfig):
+    """Check, create and lock ``cfg.output_dir`` before any model loads; return the held lock (None off rank 0).
+
+    A fresh run (no ``resume``) refuses a folder that already holds files unless ``overwrite=true``, which
+    removes the old run's outputs (:data:`RUN_OUTPUTS`) first, so stale ``checkpoints/step-N`` folders can never
+    be picked up by a later ``resume=latest``. A resume that has nothing left to train is refused here when
+    the checkpoint's step is known without loading it. Temporary folders left by a killed run are removed.
+    """
+    from jmlr.fs import LOCK_NAMES, check_writable_dir, clean_stale_tmp, run_folder_lock
+
+    if int(os.environ.get("RANK", "0")) != 0:  # under torchrun, global rank 0 owns the folder
+        return None
+    out = Path(cfg.output_dir)
+    check_writable_dir(out, "output_dir")
+    lock = run_folder_lock(out, f"output_dir {out}").acquire()
+    try:
+        clean_stale_tmp(out, locked=True)
+        clean_stale_tmp(out / "checkpoints", locked=True)
+        if cfg.resume:
+            if str(cfg.resume) == "latest":
+                found = ckpt.latest_checkpoint(out, digests=False)
+                if found is None:
+                    raise FileNotFoundError(f"resume=latest but {out / 'checkpoints'} holds no usable checkpoint; "
+                                            "start a fresh run without resume")
+            else:
+                found = Path(cfg.resume)
+                if not (found / ckpt.STATE_FILE).is_file():
+                    raise FileNotFoundError(f"resume={cfg.resume}: not a jmlr checkpoint (no {ckpt.STATE_FILE})")
+            step = ckpt.checkpoint_step(found)
+            if step is not None:
+                _check_steps_left(step, cfg, found)
+                newer = [p.name for s, p in ckpt.list_checkpoints(out) if s > step]
+                if newer:
+                    logger.warning("resuming from step %d while %s in %s hold(s) later steps of the earlier run; "
+                                   "the resumed run replaces them as it reaches those steps, and resume=latest "
+                                   "would pick them until then", step, ", ".join(newer), out / "checkpoints")
+        else:
+            present = sorted(p.name for p in out.iterdir() if p.name not in LOCK_NAMES)
+            if present and not cfg.overwrite:
+                shown = ", ".join(present[:4]) + (f" and {len(present) - 4} more" if len(present) > 4 else "")
+                raise FileExistsError(
+                    f"output_dir {out} is not empty (it holds {shown}); a fresh run would mix with it: pass "
+                    "overwrite=true to replace the old run's outputs, resume=latest to continue it, or choose "
+                    "another output_dir")
+            if present:
+                import shutil
+
+                removed = [n for n in RUN_OUTPUTS if (out / n).exists()]
+                for name in removed:
+                    p = out / name
+                    shutil.rmtree(p) if p.is_dir() and not p.is_symlink() else p.unlink()
+                if removed:
+                    logger.warning("overwrite=true: removed the old run's %s from %s", ", ".join(removed), out)
+    except BaseException:
+        lock.release()
+        raise
+    return lock
+
+
+def _check_steps_left(step: int, cfg: TrainConfig, folder) -> None:
+    if step >= cfg.optim.steps:
+        raise ValueError(f"resume: checkpoint {folder} is at step {step} and optim.steps={cfg.optim.steps}: nothing "
+                         "left to train; raise optim.steps to train further")
+
+
+def check_prompt_lengths(reader, examples: list, cfg: TrainConfig, split: str) -> list:
+    """Tokenise every question once (question + options + answer, the passages empty) before the corpus is
+    encoded. An example that cannot fit ``reader.max_length`` even without passages is refused, naming the
+    longest (``data.long_prompts=refuse``), or has its question text cut to fit (``truncate``)."""
+    import dataclasses
+
+    tok = getattr(reader, "tokenizer", None)
+    limit = int(getattr(reader, "max_length", 0) or 0)
+    if not examples or tok is None or limit <= 0 or not hasattr(reader, "build_prompt"):
+        return examples
+    K = cfg.index.top_k
+    cap = 32 * limit  # characters: a prefix this long that already overflows needs no full tokenisation
+
+    def count(texts: list[str]) -> list[int]:
+        return [len(x) for x in tok([t[:cap] for t in texts], add_special_tokens=False)["input_ids"]]
+
+    def needs(batch: list) -> list[int]:
+        prompts, targets = [], []
+        for ex in batch:
+            prompts.append(reader.build_prompt(ex.question, reader.prompt_options(ex), [""] * K))
+            try:
+                if getattr(reader, "target", None) == "option_text" and getattr(ex, "options", None):
+                    targets.append([reader.target_for(ex, letter=L) for L in ex.options])
+                else:
+                    targets.append([reader.target_for(ex)])
+            except ValueError:  # unlabelled (evaluation only): its answer's length is unknown
+                targets.append([""])
+        flat = [t for ts in targets for t in ts]
+        tl, it = iter(count(flat) if flat else []), []
+        for ts in targets:
+            it.append(max(next(tl) for _ in ts))
+        return [p + t for p, t in zip(count(prompts), it)]
+
+    lengths = needs(examples)
+    over = [i for i, n in enumerate(lengths) if n > limit]
+    if not over:
+        return examples
+    worst = max(over, key=lambda i: lengths[i])
+    desc = (f"{split} data: {len(over)} of {len(examples)} questions do not fit reader.max_length={limit} even "
+            f"without passages; the longest, {examples[worst].id!r}, needs at least {lengths[worst]} tokens "
+            "(question + options + answer)")
+    if cfg.data.long_prompts != "truncate":
+        raise ValueError(desc + "; raise reader.max_length, shorten those questions, or set "
+                                "data.long_prompts=truncate to cut them")
+    out = list(examples)
+    for i in over:
+        ex = out[i]
+        q = ex.question[:cap]
+        enc = tok(q, add_special_tokens=False, return_offsets_mapping=True)
+        offsets, n = enc["offset_mapping"], lengths[i]
+        keep = len(offsets)
+        for _ in range(16):
+            keep = max(keep - (n - limit) - 1, 0)
+            cut = q[: offsets[keep - 1][1]].rstrip() if keep else ""
+            cand = dataclasses.replace(ex, question=cut or "?")
+            n = needs([cand])[0]
+            if n <= limit or keep == 0:
+                break
+        if n > limit:
+            raise ValueError(f"{split} data: example {ex.id!r} needs {n} tokens for its options and answer alone, "
+                             f"more than reader.max_length={limit}; raise reader.max_length")
+        out[i] = cand
+    logger.warning("%s; data.long_prompts=truncate: cut their question text to fit", desc)
+    return out
+
+
+def warn_skipped_refreshes(cfg: TrainConfig) -> None:
+    """Say when a refresh setting will never take effect during training."""
+    from jmlr.train.retrieval import refresh_policy
+
+    r = cfg.refresh
+    if refresh_policy(r) == "never":
+        return
+    if cfg.retriever.frozen or not cfg.retriever.train_docs:
+        key = "retriever.frozen=true" if cfg.retriever.frozen else "retriever.train_docs=false"
+        logger.warning("refresh policy %r is set but %s freezes the doc tower: the index is never refreshed "
+                       "(its embeddings cannot go stale)", refresh_policy(r), key)
+    elif r.every and not r.schedule and r.staleness_threshold is None and r.every >= cfg.optim.steps:
+        logger.warning("refresh.every=%d >= optim.steps=%d: no refresh runs during training, only the final "
+                       "rebuild after the last step", r.every, cfg.optim.steps)
+
+
+def check_finite_weights(modules: dict, folder) -> None:
+    """Raise :class:`NonFiniteError` naming the first parameter that holds NaN/inf (no checkpoint from it)."""
+    for prefix, module in modules.items():
+        for name, p in module.named_parameters():
+            if not bool(torch.isfinite(p.detach()).all()):
+                bad = int((~torch.isfinite(p.detach())).sum())
+                raise NonFiniteError(f"refusing to write checkpoint {folder}: parameter {prefix}.{name} holds {bad} "
+                                     "NaN/inf values; earlier checkpoints are kept (optim.nonfinite=skip stops "
+                                     "such updates)")
+
+
+def trim_metrics(path: Path, step: int) -> int:
+    """Drop the rows of ``metrics.jsonl`` logged after ``step`` (a resumed run logs them again); returns how many."""
+    from jmlr.fs import write_text_atomic
+
+    if not path.is_file():
+        return 0
+    keep, dropped = [], 0
+    for line in path.read_text().splitlines():
+        try:
+            row = json.loads(line)
+            s = row["eval"].get("step", 0) if "eval" in row else row.get("step", 0)
+        except (ValueError, AttributeError, TypeError):
+            dropped += 1  # a line cut short by the kill that ended the earlier run
+            continue
+        if s is not None and int(s) > step:
+            dropped += 1
+        else:
+            keep.append(line)
+    if dropped:
+        write_text_atomic(path, "".join(f"{x}\n" for x in keep))
+        logger.info("%s: dropped %d row(s) after step %d, logged by the run being resumed", path, dropped, step)
+    return dropped

@@ -90,13 +90,35 @@ def seed_everything(seed: int) -> None:
 
 
 def write_json_atomic(path: str | os.PathLike, obj: Any) -> Path:
-    """Write ``obj`` as indented JSON through a temporary file and ``os.replace``."""
-    p = Path(path)
-    p.parent.mkdir(parents=True, exist_ok=True)
-    tmp = p.with_name(f".{p.name}.tmp{os.getpid()}")
-    tmp.write_text(json.dumps(obj, indent=2, default=float, ensure_ascii=False))
-    os.replace(tmp, p)
-    return p
+    """Write ``obj`` as indented JSON through a temporary file, fsync and ``os.replace`` (:mod:`jmlr.fs`)."""
+    from jmlr.fs import write_json_atomic as _write
+
+    return _write(path, obj, default=float, ensure_ascii=False, sort_keys=False)
+
+
+def holds_run_folder(run: Callable) -> Callable:
+    """Decorate a stage runner ``run(cfg, ...)``: before anything loads, check ``cfg.optim``'s ranges and that
+    ``cfg.output_dir`` can be written, then hold its writer lock for the whole run (a second run into the
+    same folder is refused, naming the holder) and remove temporaries left there by a killed run."""
+    import functools
+
+    @functools.wraps(run)
+    def wrapper(cfg, *args, **kwargs):
+        from jmlr.fs import check_writable_dir, clean_stale_tmp, run_folder_lock
+
+        if isinstance(getattr(cfg, "optim", None), StageOptimConfig):
+            check_optim(cfg.optim)
+        reader = kwargs.get("reader", args[0] if args else None)
+        if reader is None and isinstance(getattr(cfg, "model", None), StageModelConfig):
+            from jmlr.models import require
+
+            require(cfg.model.model, "model.model")
+        out = check_writable_dir(cfg.output_dir, "output_dir")
+        with run_folder_lock(out, f"output_dir {out}"):
+            clean_stale_tmp(out, locked=True)
+            return run(cfg, *args, **kwargs)
+
+    return wrapper
 
 
 def load_reader(cfg: StageModelConfig, **reader_kwargs):

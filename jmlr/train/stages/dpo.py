@@ -38,6 +38,7 @@ from jmlr.reader.prefix import PackedBatch, pack_shared_prefix, packed_forward, 
 
 from .common import (IGNORE_INDEX, StageModelConfig, StageOptimConfig, StepBatch, epoch_batches, iter_json_lines,
                      load_reader, right_pad, save_stage_config, seed_everything, sequence_logps, train_loop)
+from .common import holds_run_folder
 from .sft import EncodedSFT, SFTExample, encode_sft, format_instruction
 
 __all__ = ["DPOConfig", "DPODataConfig", "PreferencePair", "load_preferences", "dpo_loss", "encode_pairs",
@@ -241,6 +242,7 @@ def _reference_logps(model, enc: Sequence[EncodedPair], schedule, pad_id: int, p
     return ref, tokens
 
 
+@holds_run_folder
 def run_dpo(cfg: DPOConfig, reader=None, pairs: Sequence[PreferencePair] | None = None,
             progress: bool = True) -> dict:
     """DPO as configured; returns the summary (also in ``output_dir/summary.json``).

@@ -31,6 +31,7 @@ from jmlr.config import _f
 
 from .common import (StageModelConfig, StageOptimConfig, StepBatch, load_reader, resolve_corpus,
                      resolve_qa, save_stage_config, seed_everything, train_loop)
+from .common import holds_run_folder
 
 __all__ = ["PretrainConfig", "PretrainDataConfig", "pack_windows", "PackedStream", "qa_to_text",
            "pretrain_texts", "run_pretrain", "pretrain"]
@@ -173,6 +174,7 @@ def _lm_loss(model, t: dict):
     return -logp.sum(), {}
 
 
+@holds_run_folder
 def run_pretrain(cfg: PretrainConfig, reader=None, texts: Sequence[str] | None = None,
                  progress: bool = True) -> dict:
     """Continued pretraining as configured; returns the summary (also in ``output_dir/summary.json``).

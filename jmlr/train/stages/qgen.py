@@ -48,6 +48,7 @@ from jmlr.config import _f
 from jmlr.data.types import Passage, QAExample
 
 from .common import Counts, StageModelConfig, load_reader, resolve_corpus, seed_everything, write_json_atomic
+from .common import holds_run_folder
 
 __all__ = ["QGenConfig", "QGenDataConfig", "REJECTION_REASONS", "QGEN_INSTRUCTION", "ParsedMCQ", "parse_mcq",
            "validate_mcq", "answer_support", "copy_ratio", "qgen_prompt", "QGenResult", "generate_questions",
@@ -408,6 +409,7 @@ def _pick_passages(corpus, cfg: QGenDataConfig, seed: int) -> list[Passage]:
     return [corpus[i] for i in idx]
 
 
+@holds_run_folder
 def run_qgen(cfg: QGenConfig, reader=None, passages: Sequence[Passage] | None = None, progress: bool = True,
              generate_fn: Any = None) -> dict:
     """Generate questions as configured; writes ``questions.jsonl``, ``rejected.jsonl`` and ``summary.json``.

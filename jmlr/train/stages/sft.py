@@ -40,6 +40,7 @@ from jmlr.config import _f
 from .common import (IGNORE_INDEX, StageModelConfig, StageOptimConfig, StepBatch, add_special_tokens_for,
                      epoch_batches, iter_json_lines, load_reader, resolve_corpus, resolve_qa, right_pad,
                      save_stage_config, seed_everything, sequence_logps, train_loop)
+from .common import holds_run_folder
 
 __all__ = ["SFTConfig", "SFTDataConfig", "SFTExample", "EncodedSFT", "Instruction", "load_instructions",
            "format_instruction", "instruction_examples", "sft_examples_from_qa", "gold_passages", "encode_sft",
@@ -294,6 +295,7 @@ def build_sft_examples(cfg: SFTConfig, reader) -> list[SFTExample]:
     return pairs
 
 
+@holds_run_folder
 def run_sft(cfg: SFTConfig, reader=None, examples: Sequence[SFTExample] | None = None,
             progress: bool = True) -> dict:
     """Supervised fine-tuning as configured; returns the summary (also in ``output_dir/summary.json``).
