@@ -21,7 +21,7 @@ def _config():
     try:  # fp32 encoding, whichever name the precision key has
         return load_config(None, base + ["optim.precision=fp32"])
     except ValueError:
-        return load_config(None, base + ["optim.bf16=false"])
+        return load_config(None, base + ["optim.precision=fp32"])
 
 
 def main(backend: str, enc_dir: str, out: str) -> None:

@@ -76,7 +76,7 @@ def test_retrieval_state_on_cuda(tmp_path):
     try:
         cfg = load_config(None, ["refresh.every=0", "refresh.probe_size=8", "optim.precision=fp32"])
     except ValueError:
-        cfg = load_config(None, ["refresh.every=0", "refresh.probe_size=8", "optim.bf16=false"])
+        cfg = load_config(None, ["refresh.every=0", "refresh.probe_size=8", "optim.precision=fp32"])
     dual = DualEncoder.from_pretrained(tiny_encoder_dir(tmp_path / "enc")).to("cuda")
     texts = random_texts(40, seed=2, min_words=6)
     cpu_state = RetrievalState(dual, texts, cfg)

@@ -47,7 +47,7 @@ def write_qa(path, qa):
 
 
 BASE = ["optim.steps=3", "optim.batch_size=2", "index.top_k=3", "eval_every=0", "refresh.every=0",
-        "reader.lr=3e-3", "retriever.lr=1e-3", "optim.warmup_steps=0", "optim.bf16=false", "refresh.probe_size=8"]
+        "reader.lr=3e-3", "retriever.lr=1e-3", "optim.warmup_steps=0", "optim.precision=fp32", "refresh.probe_size=8"]
 
 
 def jmlr_cmd(*args):
