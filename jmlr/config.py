@@ -42,13 +42,20 @@ class DataConfig:
 class RetrieverConfig:
     model: str = _f("minilm", "encoder: a jmlr alias (minilm), a sentence-transformers folder or an HF encoder")
     shared_towers: bool = _f(True, "query and doc towers share weights (False: two copies)")
-    pooling: str = _f("mean", "pooling over token states: mean or cls")
+    pooling: Optional[str] = _f(None, "pooling over token states: mean, cls, max, mean_sqrt_len_tokens, weightedmean, "
+                                      "lasttoken ('cls+mean' concatenates); empty = the model folder's own, else mean")
     normalize: bool = _f(True, "L2-normalise embeddings (cosine scores)")
     max_length: int = _f(128, "max tokens per query or passage for the encoder")
     train_docs: bool = _f(True, "train the doc tower too; False is query-side-only mode (no refresh needed)")
     frozen: bool = _f(False, "freeze the whole retriever: RAG with a fixed retriever, only the reader trains")
     lr: float = _f(2e-5, "learning rate of the retriever parameter group")
     temperature: float = _f(0.05, "retrieval temperature tau used to turn scores into softmax(s/tau)")
+    query_prefix: Optional[str] = _f(None, "text put before every query (e5: 'query: '); empty = the model's "
+                                           "sentence-transformers 'query' prompt, if any")
+    doc_prefix: Optional[str] = _f(None, "text put before every passage (e5: 'passage: '); empty = the model's "
+                                         "'document'/'passage' prompt, if any")
+    model_prompts: bool = _f(True, "use the model's sentence-transformers query/document prompts where "
+                                   "query_prefix/doc_prefix are empty (false: no prefix)")
 
 
 @dataclass

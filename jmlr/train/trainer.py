@@ -159,7 +159,9 @@ class JointTrainer:
         train, dev, _test, corpus = load_data(cfg)
         retriever = DualEncoder.from_pretrained(cfg.retriever.model, shared=cfg.retriever.shared_towers,
                                                 pooling=cfg.retriever.pooling, normalize=cfg.retriever.normalize,
-                                                max_length=cfg.retriever.max_length)
+                                                max_length=cfg.retriever.max_length,
+                                                query_prefix=_prefix(cfg.retriever.query_prefix, cfg.retriever),
+                                                doc_prefix=_prefix(cfg.retriever.doc_prefix, cfg.retriever))
         lora = {"r": cfg.reader.lora_r, "lora_alpha": cfg.reader.lora_alpha} if cfg.reader.lora else None
         reader = Reader.from_pretrained(cfg.reader.model, template=cfg.reader.template,
                                         max_length=cfg.reader.max_length, target=cfg.reader.target, lora=lora,
@@ -486,6 +488,11 @@ def evaluate_joint(retriever, reader, state, doc_texts, corpus, examples, top_k:
         res.update(retrieval_metrics(ranked, golds, ks=recall_ks))
     res["retrieval"] = use_retrieval
     return res
+
+
+def _prefix(value, rcfg):
+    """A retriever prefix from the config: the value, else the model's prompt (None), or none at all ("")."""
+    return value if value is not None else (None if rcfg.model_prompts else "")
 
 
 def load_data(cfg: TrainConfig):
