@@ -75,12 +75,15 @@ class ReaderConfig:
 
 @dataclass
 class IndexConfig:
-    type: str = _f("exact", "index backend: exact (fused top-k kernels), flat, ivf, ivfpq, hnsw, sq8")
+    type: str = _f("exact", "index backend: exact (fused top-k kernels), flat, ivf, ivfpq, hnsw, sq8, sq16, or any "
+                            "faiss index_factory string such as 'IVF4096,PQ64x4fs' or 'HNSW32,Flat'")
     top_k: int = _f(4, "K: passages retrieved per question and given to the reader")
     over_retrieve: int = _f(0, "K' > K: retrieve K' from the (possibly stale) index, rerank with the current "
                                "doc tower, keep K (0 = off)")
     sample_m: int = _f(0, "m < K: sample m of the K candidates from softmax(s) per step as JMLR does (0 = off)")
     storage: str = _f("fp32", "stored embedding precision for the exact index: fp32, fp16, bf16, int8")
+    params: dict = _f({}, "faiss parameters: nlist, pq_m, hnsw_m, ef_construction (building), nprobe, efSearch "
+                          "(searching) or any faiss ParameterSpace name, e.g. {nprobe: 64}")
 
 
 @dataclass
