@@ -36,6 +36,10 @@ class DataConfig:
     corpus_format: Optional[str] = _f(None, "corpus format; inferred from the extension when empty")
     max_train: Optional[int] = _f(None, "use at most this many training questions")
     max_eval: Optional[int] = _f(None, "evaluate on at most this many dev/test questions")
+    mapping: dict = _f({}, "QA field -> source column for formats jsonl and hf (a save_to_disk folder), e.g. "
+                           "{question: q, options: [opa, opb, opc, opd], answer: cop}")
+    corpus_mapping: dict = _f({}, "corpus field -> column for corpus_format hf (or jsonl): {id: pmid, text: abstract, "
+                                  "title: heading}")
 
 
 @dataclass

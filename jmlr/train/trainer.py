@@ -114,8 +114,10 @@ class JointTrainer:
         config: a :class:`~jmlr.config.TrainConfig`.
         retriever: a :class:`~jmlr.retriever.DualEncoder`.
         reader: a :class:`~jmlr.reader.Reader`.
-        corpus: the :class:`~jmlr.data.Corpus` to retrieve from.
-        train_data / dev_data: lists of :class:`~jmlr.data.QAExample`.
+        corpus: the :class:`~jmlr.data.Corpus` to retrieve from (a ``datasets.Dataset`` with id/text/title
+            columns works too, through :meth:`~jmlr.data.Corpus.from_hf`).
+        train_data / dev_data: lists of :class:`~jmlr.data.QAExample` (or ``datasets.Dataset`` s with
+            question/options/answer columns, through ``load_qa("hf", ...)``).
 
     >>> trainer = JointTrainer(cfg, DualEncoder.from_pretrained("minilm"), Reader.from_pretrained("smollm2-135m"),
     ...                        corpus, train, dev)            # doctest: +SKIP
@@ -124,6 +126,7 @@ class JointTrainer:
 
     def __init__(self, config: TrainConfig, retriever, reader, corpus, train_data: list, dev_data: list | None = None,
                  accelerator=None, progress: bool = True):
+        corpus, train_data, dev_data = _from_datasets(corpus, train_data, dev_data)
         if not train_data:
             raise ValueError("train_data is empty: nothing to train on")
         if len(corpus) < config.index.top_k:
@@ -490,6 +493,22 @@ def evaluate_joint(retriever, reader, state, doc_texts, corpus, examples, top_k:
     return res
 
 
+def _from_datasets(corpus, train_data, dev_data):
+    """Hugging Face datasets in: a Dataset corpus through Corpus.from_hf, Dataset QA through load_qa("hf")."""
+    from jmlr.data.hf import is_hf_dataset
+
+    if is_hf_dataset(corpus):
+        from jmlr.data import Corpus
+
+        corpus = Corpus.from_hf(corpus)
+    if is_hf_dataset(train_data) or is_hf_dataset(dev_data):
+        from jmlr.data import load_qa
+
+        train_data = load_qa("hf", train_data) if is_hf_dataset(train_data) else train_data
+        dev_data = load_qa("hf", dev_data) if is_hf_dataset(dev_data) else dev_data
+    return corpus, train_data, dev_data
+
+
 def _prefix(value, rcfg):
     """A retriever prefix from the config: the value, else the model's prompt (None), or none at all ("")."""
     return value if value is not None else (None if rcfg.model_prompts else "")
@@ -506,7 +525,7 @@ def load_data(cfg: TrainConfig):
             from jmlr.data.demo import demo_qa
             ex = demo_qa(split)
         else:
-            ex = load_qa(d.format, src)
+            ex = load_qa(d.format, src, **({"mapping": d.mapping} if d.mapping else {}))
         lim = d.max_train if split == "train" else d.max_eval
         return ex[:lim] if lim else ex
 
@@ -514,5 +533,8 @@ def load_data(cfg: TrainConfig):
         from jmlr.data.demo import demo_corpus
         corpus = demo_corpus()
     else:
-        corpus = Corpus.load(d.corpus, fmt=d.corpus_format)
+        from jmlr.data.hf import corpus_load_kwargs
+
+        kw = corpus_load_kwargs(d.corpus_format, d.corpus_mapping, d.corpus) if d.corpus_mapping else {}
+        corpus = Corpus.load(d.corpus, fmt=d.corpus_format, **kw)
     return qa(d.train, "train"), qa(d.dev, "dev"), qa(d.test, "test"), corpus

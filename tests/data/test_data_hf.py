@@ -112,3 +112,37 @@ def test_load_save_to_disk_folder_and_cli_mapping(ds, tmp_path, capsys):
                  "--hf-mapping", "text=body", "--encoder",
                  str(enc), "--out", str(tmp_path / "bad"), "--quiet"]) == 2
     assert "no column 'body' for field 'text'" in capsys.readouterr().err
+
+
+def test_qa_and_corpus_mappings_reach_training_data_and_inspect(tmp_path, capsys):
+    import datasets
+
+    from jmlr.cli import main
+    from jmlr.config import load_config
+    from jmlr.train.trainer import _from_datasets, load_data
+
+    qa = datasets.Dataset.from_dict({"q": ["Which drug lowers fever?", "Which hormone lowers glucose?"],
+                                     "opa": ["Aspirin", "Insulin"], "opb": ["Insulin", "Aspirin"],
+                                     "label": ["A", "A"], "pid": ["101", "102"]})
+    qa.save_to_disk(str(tmp_path / "qa"))
+    corpus = datasets.Dataset.from_dict({"pmid": ["101", "102"], "abstract": ["Aspirin lowers fever.",
+                                                                              "Insulin lowers glucose."]})
+    corpus.save_to_disk(str(tmp_path / "corpus"))
+    cfg = load_config(None, ["data.format=hf", f"data.train={tmp_path / 'qa'}", f"data.dev={tmp_path / 'qa'}",
+                             f"data.test={tmp_path / 'qa'}", f"data.corpus={tmp_path / 'corpus'}",
+                             'data.mapping={"question": "q", "options": ["opa", "opb"], "answer": "label", '
+                             '"gold_passage_ids": "pid"}',
+                             'data.corpus_mapping={"id": "pmid", "text": "abstract"}'])
+    train, dev, test, c = load_data(cfg)
+    assert train[1].options == {"A": "Insulin", "B": "Aspirin"} and train[1].gold_passage_ids == ["102"]
+    assert c.get("101").text == "Aspirin lowers fever."
+    # the trainer takes Dataset objects as they are
+    c2, tr2, dv2 = _from_datasets(corpus.rename_columns({"pmid": "id", "abstract": "text"}),
+                                  qa.rename_columns({"q": "question"}).remove_columns(["opa", "opb", "label", "pid"]),
+                                  None)
+    assert len(c2) == 2 and tr2[0].question == "Which drug lowers fever?" and dv2 is None
+    assert main(["data", "inspect", str(tmp_path / "qa"), "--format", "hf", "--hf-mapping", "question=q",
+                 "--hf-mapping", "options=opa,opb", "--hf-mapping", "answer=label"]) == 0
+    assert "2" in capsys.readouterr().out
+    assert main(["data", "inspect", str(tmp_path / "qa"), "--format", "hf", "--hf-mapping", "question=nope"]) == 2
+    assert "nope" in capsys.readouterr().err

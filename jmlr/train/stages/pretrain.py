@@ -173,17 +173,22 @@ def _lm_loss(model, t: dict):
     return -logp.sum(), {}
 
 
-def run_pretrain(cfg: PretrainConfig, reader=None, texts: Sequence[str] | None = None,
-                 progress: bool = True) -> dict:
+def run_pretrain(cfg: PretrainConfig, reader=None, texts: Sequence[str] | Any = None,
+                 progress: bool = True, text_column: str = "text") -> dict:
     """Continued pretraining as configured; returns the summary (also in ``output_dir/summary.json``).
 
     Args:
         cfg: a :class:`PretrainConfig`.
         reader: train this :class:`jmlr.reader.Reader` instead of loading ``cfg.model``.
-        texts: use these texts instead of ``cfg.data``'s corpus/QA files.
+        texts: use these texts instead of ``cfg.data``'s corpus/QA files; a ``datasets.Dataset`` gives the
+            strings of its ``text_column``.
         progress: show a tqdm bar.
     """
+    from jmlr.data.hf import is_hf_dataset, text_column as hf_text_column
+
     seed_everything(cfg.seed)
+    if is_hf_dataset(texts):
+        texts = [t for t in hf_text_column(texts, text_column) if t.strip()]
     reader = reader if reader is not None else load_reader(cfg.model)
     texts = list(texts) if texts is not None else pretrain_texts(cfg.data)
     tok = reader.tokenizer

@@ -425,6 +425,12 @@ def run_qgen(cfg: QGenConfig, reader=None, passages: Sequence[Passage] | None = 
     reader = reader if reader is not None else load_reader(cfg.model)
     if cfg.bf16:
         reader.autocast_dtype = torch.bfloat16
+    from jmlr.data.hf import is_hf_dataset
+
+    if is_hf_dataset(passages):  # a datasets.Dataset with id/text(/title) columns
+        from jmlr.data import Corpus
+
+        passages = _pick_passages(Corpus.from_hf(passages), cfg.data, cfg.seed)
     if passages is None:
         passages = _pick_passages(resolve_corpus(cfg.data.corpus, cfg.data.corpus_format or None), cfg.data, cfg.seed)
     passages = list(passages)
