@@ -127,6 +127,8 @@ class TrainConfig:
     checkpoint_every: int = _f(0, "checkpoint every N steps (0 = only at the end)")
     log_every: int = _f(1, "log training metrics every N steps")
     resume: Optional[str] = _f(None, "checkpoint folder to resume from ('latest' = newest in output_dir)")
+    report_to: list = _f(["jsonl"], "where metrics go: jsonl (output_dir/metrics.jsonl) and/or accelerate trackers: "
+                                    "tensorboard, wandb, trackio, mlflow, comet_ml, aim, clearml, dvclive, swanlab")
     data: DataConfig = field(default_factory=DataConfig, metadata={"help": "data files"})
     retriever: RetrieverConfig = field(default_factory=RetrieverConfig, metadata={"help": "retriever"})
     reader: ReaderConfig = field(default_factory=ReaderConfig, metadata={"help": "reader"})

@@ -22,6 +22,7 @@ from torch import nn
 
 from jmlr.config import TrainConfig, save_config, to_dict
 from jmlr.train import checkpoint as ckpt
+from jmlr.train.tracking import check_report_to, start_trackers
 
 logger = logging.getLogger(__name__)
 
@@ -127,6 +128,7 @@ class JointTrainer:
     def __init__(self, config: TrainConfig, retriever, reader, corpus, train_data: list, dev_data: list | None = None,
                  accelerator=None, progress: bool = True):
         corpus, train_data, dev_data = _from_datasets(corpus, train_data, dev_data)
+        check_report_to(config.report_to)
         if not train_data:
             raise ValueError("train_data is empty: nothing to train on")
         if len(corpus) < config.index.top_k:
@@ -150,6 +152,7 @@ class JointTrainer:
         self.evals: list[dict] = []
         self.costs = RunCosts()
         self.step = 0
+        self._trackers = None  # report_to, started in setup (main process)
         self._setup_done = False
 
     # ------------------------------------------------------------------ construction helpers
@@ -159,6 +162,7 @@ class JointTrainer:
         from jmlr.reader import Reader
         from jmlr.retriever import DualEncoder
 
+        check_report_to(cfg.report_to)  # a missing tracker package fails before any model loads
         train, dev, _test, corpus = load_data(cfg)
         retriever = DualEncoder.from_pretrained(cfg.retriever.model, shared=cfg.retriever.shared_towers,
                                                 pooling=cfg.retriever.pooling, normalize=cfg.retriever.normalize,
@@ -232,7 +236,7 @@ class JointTrainer:
         if self.is_main:
             self.out.mkdir(parents=True, exist_ok=True)
             save_config(cfg, self.out / "config.yaml")
-        self._tb = _tensorboard(self.out / "tb") if self.is_main else None
+        self._trackers = start_trackers(cfg.report_to, self.out, to_dict(cfg), accelerator=acc) if self.is_main else None
         self._setup_done = True
 
     # ------------------------------------------------------------------ the loop
@@ -269,7 +273,15 @@ class JointTrainer:
         if self.dev_data:
             self.evaluate(self.dev_data, split="dev")
         self.save_checkpoint()
+        if self.is_main:
+            self.plot()
         return self.summary()
+
+    def plot(self, path: str | os.PathLike | None = None) -> Path:
+        """``curves.png`` (loss, dev accuracy and Recall@k, index version against the step) in the run folder."""
+        from jmlr.train.plots import CURVES_NAME, plot_curves
+
+        return plot_curves(self.history, self.evals, path or self.out / CURVES_NAME, loss_name=self.cfg.loss.name)
 
     def _batch_indices(self, step: int, micro: int) -> list[int]:
         """Deterministic, resumable data order: a fresh permutation per epoch from (seed, epoch)."""
@@ -431,13 +443,8 @@ class JointTrainer:
 
     # ------------------------------------------------------------------ logging and summary
     def _log(self, row: dict) -> None:
-        self.out.mkdir(parents=True, exist_ok=True)
-        with open(self.out / "metrics.jsonl", "a") as f:
-            f.write(json.dumps(row, default=float) + "\n")
-        if self._tb is not None and "loss" in row:
-            for k, v in row.items():
-                if isinstance(v, (int, float)) and k != "step":
-                    self._tb.add_scalar(f"train/{k}", v, row["step"])
+        if self._trackers is not None:
+            self._trackers.log(row)  # metrics.jsonl and/or accelerate trackers (report_to)
 
     def summary(self) -> dict:
         s = {
@@ -451,14 +458,6 @@ class JointTrainer:
         if self.is_main:
             (self.out / "summary.json").write_text(json.dumps(s, indent=2, default=float))
         return s
-
-
-def _tensorboard(path: Path):
-    try:
-        from torch.utils.tensorboard import SummaryWriter
-    except Exception:  # tensorboard not installed: JSONL logs only
-        return None
-    return SummaryWriter(str(path))
 
 
 @torch.no_grad()
