@@ -43,4 +43,4 @@ if __name__ == "__main__":
     args = build_parser(__doc__).parse_args()
     out = run(args, ["report_to=[jsonl,print]", "eval_every=2"])
     curves = Path(out["trainer"].cfg.output_dir) / "curves.png"
-    print(f"trackers: {out['trainer']._trackers.names}; wrote {curves} ({curves.stat().st_size} bytes)")
+    print(f"report_to: {out['trainer'].cfg.report_to}; wrote {curves} ({curves.stat().st_size} bytes)")

@@ -124,13 +124,15 @@ def cmd_build(args) -> int:
         info["corpus_mapping"] = list(args.hf_mapping)
     store = args.store or (str(Path(args.out)) + ".store")
     if args.type == "bm25":
+        if args.param:
+            raise ValueError(f"--param {args.param[0]!r}: faiss parameters do not apply to --type bm25")
         index = build_index(None, corpus, index_type="bm25", out=args.out, info=info)
     else:
         from jmlr.retriever import DualEncoder
 
         from jmlr.index.settings import index_kwargs
 
-        kw = index_kwargs(args.type, _parse_params(args.param)) if args.type != "exact" else {}
+        kw = index_kwargs(args.type, _parse_params(args.param))
         if args.type in ("ivf", "ivfpq"):
             if args.nlist is not None:
                 kw["nlist"] = args.nlist

@@ -103,7 +103,7 @@ def load_preferences(path) -> list[PreferencePair]:
 
 def preferences_from_hf(dataset) -> list[PreferencePair]:
     """Preference pairs from a ``datasets.Dataset`` with ``prompt``, ``chosen`` and ``rejected`` text columns."""
-    from jmlr.data._io import DataFormatError
+    from jmlr.data import DataFormatError
     from jmlr.data.hf import records
 
     out = []

@@ -298,7 +298,7 @@ def build_sft_examples(cfg: SFTConfig, reader) -> list[SFTExample]:
 def sft_examples_from_hf(dataset, reader) -> list[SFTExample]:
     """SFT pairs from a ``datasets.Dataset`` with ``prompt``/``response`` columns (used verbatim), or with
     ``instruction``/``output`` (and optional ``input``) columns (rendered like instruction records)."""
-    from jmlr.data._io import DataFormatError
+    from jmlr.data import DataFormatError
     from jmlr.data.hf import column_names, records, resolve_dataset
 
     ds, desc = resolve_dataset(dataset)
