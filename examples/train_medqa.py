@@ -31,7 +31,17 @@ def build_parser(description: str = __doc__) -> argparse.ArgumentParser:
     return p
 
 
-def run(args: argparse.Namespace, feature_overrides: list[str] = ()) -> dict:
+def make_reader(cfg):
+    """The Reader named by ``cfg.reader`` (for examples that build their own JointTrainer)."""
+    from jmlr import Reader
+
+    return Reader.from_pretrained(cfg.reader.model, template=cfg.reader.template, max_length=cfg.reader.max_length,
+                                  target=cfg.reader.target)
+
+
+def run(args: argparse.Namespace, feature_overrides: list[str] = (), make_trainer=None) -> dict:
+    """Train as configured and evaluate on the test split. ``make_trainer(cfg)`` builds the JointTrainer from
+    objects of your own (a SentenceTransformer, a datasets.Dataset, ...); default ``JointTrainer.from_config``."""
     from jmlr import JointTrainer
     from jmlr.config import load_config
     from jmlr.train.trainer import load_data
@@ -41,7 +51,7 @@ def run(args: argparse.Namespace, feature_overrides: list[str] = ()) -> dict:
                  f"reader.model={args.reader}", f"output_dir={args.out}"]
     overrides += (QUICK if args.quick else []) + list(feature_overrides) + list(args.overrides)
     cfg = load_config(None, overrides)
-    trainer = JointTrainer.from_config(cfg, progress=not args.quick)
+    trainer = make_trainer(cfg) if make_trainer else JointTrainer.from_config(cfg, progress=not args.quick)
     _, _, test, _ = load_data(cfg)
     summary = trainer.train()
     result = trainer.evaluate(test, split="test")

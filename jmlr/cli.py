@@ -51,7 +51,10 @@ def _try_add(module: str, subparsers, fallback_name: str | None = None, help: st
 def _cmd_data_inspect(args) -> int:
     from jmlr.data import format_summary, inspect_summary, load_qa
 
-    examples = load_qa(args.format, args.file)
+    from jmlr.data.hf import parse_mapping
+
+    kw = {"mapping": parse_mapping(args.hf_mapping)} if args.hf_mapping else {}
+    examples = load_qa(args.format, args.file, **kw)
     print(format_summary(inspect_summary(examples)))
     return 0
 
@@ -60,12 +63,16 @@ def _add_data(sub) -> None:
     p = sub.add_parser("data", help="inspect QA files and corpora",
                        formatter_class=argparse.RawDescriptionHelpFormatter,
                        epilog="examples:\n  jmlr data inspect us_4options_test.jsonl --format medqa\n"
-                              "  jmlr data inspect mmlu_medical/ --format mmlu\n")
+                              "  jmlr data inspect mmlu_medical/ --format mmlu\n"
+                              "  jmlr data inspect medmcqa_hf/ --format hf --hf-mapping question=question "
+                              "--hf-mapping options=opa,opb,opc,opd --hf-mapping answer=label\n")
     dsub = p.add_subparsers(dest="data_cmd", required=True)
     q = dsub.add_parser("inspect", help="count examples, option-count histogram, one example")
     q.add_argument("file", help="QA file (or folder of CSVs for mmlu)")
     q.add_argument("--format", required=True,
-                   help="jmlr, medqa, amboss, medmcqa, mmlu, pubmedqa, huatuo, jsonl")
+                   help="jmlr, medqa, amboss, medmcqa, mmlu, pubmedqa, huatuo, jsonl, hf (a save_to_disk folder)")
+    q.add_argument("--hf-mapping", action="append", default=[], metavar="FIELD=COLUMN",
+                   help="QA field from a column for jsonl/hf: question=q, options=opa,opb,opc,opd, answer=label")
     q.set_defaults(func=_cmd_data_inspect)
 
 

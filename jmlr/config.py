@@ -39,19 +39,30 @@ class DataConfig:
     long_prompts: str = _f("refuse", "a question whose prompt (question + options + answer, no passages) exceeds "
                                      "reader.max_length: refuse (error before training, naming the longest) or "
                                      "truncate (cut the question text to fit)")
+    mapping: dict = _f({}, "QA field -> source column for formats jsonl and hf (a save_to_disk folder), e.g. "
+                           "{question: q, options: [opa, opb, opc, opd], answer: cop}")
+    corpus_mapping: dict = _f({}, "corpus field -> column for corpus_format hf (or jsonl): {id: pmid, text: abstract, "
+                                  "title: heading}")
 
 
 @dataclass
 class RetrieverConfig:
     model: str = _f("minilm", "encoder: a jmlr alias (minilm), a sentence-transformers folder or an HF encoder")
     shared_towers: bool = _f(True, "query and doc towers share weights (False: two copies)")
-    pooling: str = _f("mean", "pooling over token states: mean or cls")
+    pooling: Optional[str] = _f(None, "pooling over token states: mean, cls, max, mean_sqrt_len_tokens, weightedmean, "
+                                      "lasttoken ('cls+mean' concatenates); empty = the model folder's own, else mean")
     normalize: bool = _f(True, "L2-normalise embeddings (cosine scores)")
     max_length: int = _f(128, "max tokens per query or passage for the encoder")
     train_docs: bool = _f(True, "train the doc tower too; False is query-side-only mode (no refresh needed)")
     frozen: bool = _f(False, "freeze the whole retriever: RAG with a fixed retriever, only the reader trains")
     lr: float = _f(2e-5, "learning rate of the retriever parameter group")
     temperature: float = _f(0.05, "retrieval temperature tau used to turn scores into softmax(s/tau)")
+    query_prefix: Optional[str] = _f(None, "text put before every query (e5: 'query: '); empty = the model's "
+                                           "sentence-transformers 'query' prompt, if any")
+    doc_prefix: Optional[str] = _f(None, "text put before every passage (e5: 'passage: '); empty = the model's "
+                                         "'document'/'passage' prompt, if any")
+    model_prompts: bool = _f(True, "use the model's sentence-transformers query/document prompts where "
+                                   "query_prefix/doc_prefix are empty (false: no prefix)")
 
 
 @dataclass
@@ -80,12 +91,15 @@ class ReaderConfig:
 
 @dataclass
 class IndexConfig:
-    type: str = _f("exact", "index backend: exact (fused top-k kernels), flat, ivf, ivfpq, hnsw, sq8")
+    type: str = _f("exact", "index backend: exact (fused top-k kernels), flat, ivf, ivfpq, hnsw, sq8, sq16, or any "
+                            "faiss index_factory string such as 'IVF4096,PQ64x4fs' or 'HNSW32,Flat'")
     top_k: int = _f(4, "K: passages retrieved per question and given to the reader")
     over_retrieve: int = _f(0, "K' > K: retrieve K' from the (possibly stale) index, rerank with the current "
                                "doc tower, keep K (0 = off)")
     sample_m: int = _f(0, "m < K: sample m of the K candidates from softmax(s) per step as JMLR does (0 = off)")
     storage: str = _f("fp32", "stored embedding precision for the exact index: fp32, fp16, bf16, int8")
+    params: dict = _f({}, "faiss parameters: nlist, pq_m, hnsw_m, ef_construction (building), nprobe, efSearch "
+                          "(searching) or any faiss ParameterSpace name, e.g. {nprobe: 64}")
 
 
 @dataclass
@@ -131,6 +145,8 @@ class TrainConfig:
     checkpoint_every: int = _f(0, "checkpoint every N steps (0 = only at the end)")
     log_every: int = _f(1, "log training metrics every N steps")
     resume: Optional[str] = _f(None, "checkpoint folder to resume from ('latest' = newest in output_dir)")
+    report_to: list = _f(["jsonl"], "where metrics go: jsonl (output_dir/metrics.jsonl) and/or accelerate trackers: "
+                                    "tensorboard, wandb, trackio, mlflow, comet_ml, aim, clearml, dvclive, swanlab")
     data: DataConfig = field(default_factory=DataConfig, metadata={"help": "data files"})
     retriever: RetrieverConfig = field(default_factory=RetrieverConfig, metadata={"help": "retriever"})
     reader: ReaderConfig = field(default_factory=ReaderConfig, metadata={"help": "reader"})

@@ -10,7 +10,9 @@ import pytest
 from _ports import free_port
 
 ROOT = Path(__file__).resolve().parent.parent
-SCRIPTS = ["train_medqa.py", "by_feature/lora.py", "by_feature/jmlr_rank_loss.py", "by_feature/refresh_schedule.py"]
+SCRIPTS = ["train_medqa.py", "by_feature/lora.py", "by_feature/jmlr_rank_loss.py", "by_feature/refresh_schedule.py",
+           "by_feature/sentence_transformers_model.py", "by_feature/faiss_index.py", "by_feature/hf_datasets.py",
+           "by_feature/trackers.py"]
 
 
 def _last_json(stdout: str) -> dict:
@@ -30,6 +32,26 @@ def test_example_runs_quick(script, tmp_path, tiny_encoder_dir, tiny_reader_dir)
         assert out["index_version"] >= 2  # the schedule refreshed at steps 2 and 4, then the final refresh
     if script.endswith("lora.py"):
         assert "LoRA:" in r.stdout
+    if script.endswith("sentence_transformers_model.py"):
+        assert "pooling=lasttoken dim=64" in r.stdout and "query_prefix='question: '" in r.stdout
+        assert (tmp_path / "run" / "retriever-st" / "modules.json").is_file()
+    if script.endswith("faiss_index.py"):
+        assert "trained against HNSW16,Flat with search params {'efSearch': 64}" in r.stdout
+        assert "adopted FaissIndex" in r.stdout
+    if script.endswith("hf_datasets.py"):
+        assert "from datasets:" in r.stdout
+    if script.endswith("trackers.py"):
+        assert "[print] step 2: {'dev/accuracy'" in r.stdout and (tmp_path / "run" / "curves.png").is_file()
+
+
+def test_document_packing_example_runs_quick(tmp_path, tiny_reader_dir):
+    r = subprocess.run([sys.executable, str(ROOT / "examples" / "by_feature" / "document_packing.py"), "--quick",
+                        "--out", str(tmp_path / "run"), "--reader", tiny_reader_dir],
+                       capture_output=True, text=True, timeout=900, cwd=ROOT)
+    assert r.returncode == 0, r.stderr[-3000:]
+    out = _last_json(r.stdout)
+    assert out["packing"] == "document" and out["steps"] == 3 and out["tokens"] == 3 * 2 * 64
+    assert out["loss_units"] < 3 * 2 * 63  # each document's first token carries no loss
 
 
 @pytest.mark.distributed

@@ -135,6 +135,18 @@ class _ColumnBuilder:
         self.buf += s.encode("utf-8", _ENC)
         self.off.append(len(self.buf))
 
+    def extend_arrow(self, arr) -> None:
+        """Append a ``pyarrow.LargeStringArray`` (no nulls) from its UTF-8 buffer: no Python str per value."""
+        if len(arr) == 0:
+            return
+        _, off_buf, data = arr.buffers()
+        offs = np.frombuffer(off_buf, dtype=np.int64)[arr.offset: arr.offset + len(arr) + 1]
+        a, b = int(offs[0]), int(offs[-1])
+        base = len(self.buf)
+        if b > a:
+            self.buf += memoryview(data)[a:b]
+        self.off.frombytes((offs[1:] - a + base).astype(np.int64).tobytes())
+
     def build(self) -> StrColumn:
         return StrColumn(self.buf, np.frombuffer(self.off, dtype=np.int64))
 
@@ -320,6 +332,60 @@ class Corpus(Sequence[Passage]):
         if not len(ids) == len(texts) == len(titles):
             raise ValueError(f"from_texts: {len(texts)} texts, {len(ids)} ids, {len(titles)} titles; expected equal lengths")
         return cls(Passage(i, t, ti or "") for i, t, ti in zip(ids, texts, titles))
+
+    @classmethod
+    def from_hf(cls, dataset: Any, id: str | None = "id", text: str = "text", title: str | None = "title", *,
+                split: str | None = None, batch_size: int = 16384) -> "Corpus":
+        """A corpus from a Hugging Face ``datasets.Dataset`` (or ``IterableDataset``, a ``DatasetDict`` with
+        ``split=``, or a ``save_to_disk`` folder), naming the columns of the id, text and title.
+
+        Columns are read in Arrow record batches and copied from Arrow's UTF-8 buffers straight into the compact
+        store: no Python string per passage, no list or pandas copy. ``id=None`` numbers the rows (``"0"``,
+        ``"1"``, ...); integer id columns become strings. The title column is optional when left at its default
+        ``"title"``. A missing column, a null id or text, an empty id or a duplicate id raises ``ValueError``
+        naming the column (or record).
+
+        >>> ds = datasets.Dataset.from_dict({"pmid": [1, 2], "abstract": ["...", "..."]})   # doctest: +SKIP
+        >>> corpus = Corpus.from_hf(ds, id="pmid", text="abstract")                        # doctest: +SKIP
+        """
+        from .hf import arrow_batches, check_columns, column_names, resolve_dataset, string_chunks
+
+        ds, desc = resolve_dataset(dataset, split)
+        cols = column_names(ds)
+        if title == "title" and cols and "title" not in cols:
+            title = None  # the default title column is optional
+        check_columns(ds, desc, {"id": id, "text": text, "title": title})
+        b = _CorpusBuilder()
+        want = [c for c in (id, text, title) if c is not None]
+        n = 0
+        for table in arrow_batches(ds, want, batch_size):
+            rows = table.num_rows
+            if id is None:
+                for j in range(n, n + rows):
+                    b.ids.append(str(j))
+            else:
+                ids = string_chunks(table, id, desc, "id", n)
+                import pyarrow.compute as pc
+
+                for chunk in ids:
+                    empty = pc.equal(pc.binary_length(chunk), 0)
+                    if pc.any(empty).as_py():
+                        first = int(pc.index(empty, True).as_py())
+                        raise DataFormatError(None, f"{desc}, record {n + first}", f"column {id!r} (id) is empty; "
+                                                                                   "expected a non-empty id")
+                    b.ids.extend_arrow(chunk)
+            for chunk in string_chunks(table, text, desc, "text", n):
+                b.texts.extend_arrow(chunk)
+            if title is not None:
+                for chunk in string_chunks(table, title, desc, "title", n, required=False):
+                    b.titles.extend_arrow(chunk)
+            else:
+                b.titles.off.extend([len(b.titles.buf)] * rows)
+            n += rows
+        if n == 0:
+            raise DataFormatError(None, desc, "dataset is empty; expected passages")
+        return Corpus._from_columns(b.ids.build(), b.texts.build(), b.titles.build(), source=desc,
+                                    locs=np.arange(n, dtype=np.int64), loc_name="record")
 
     @staticmethod
     def concat(corpora: Sequence["Corpus"]) -> "Corpus":
@@ -659,6 +725,8 @@ class Corpus(Sequence[Passage]):
           ``f"{file name}:{k}"``; in markdown the nearest heading is the title and headings are not passages.
         - ``folder``: every ``.md``/``.markdown``/``.txt`` file below the folder (sorted), as ``text``; ids
           ``f"{relative path}:{k}"``; a ``.txt`` file's title is its stem.
+        - ``hf``: a folder written by ``datasets``' ``save_to_disk``, through :meth:`from_hf` (keyword arguments
+          ``id``, ``text``, ``title``, ``split`` name the columns and the split).
 
         Raises ``FileNotFoundError`` for a missing path and ``ValueError`` naming the file and line for
         malformed input, a missing field, an empty file, or duplicate ids.
@@ -668,9 +736,13 @@ class Corpus(Sequence[Passage]):
             raise FileNotFoundError(f"{p}: no such file or folder (expected a corpus: JSONL, TSV, text or a folder)")
         fmt = _infer_corpus_format(p) if fmt is None else fmt.lower()
         loaders = {"jsonl": _load_jsonl, "tsv": _load_tsv, "text": _load_text, "txt": _load_text, "md": _load_text,
-                   "markdown": _load_text, "folder": _load_folder}
+                   "markdown": _load_text, "folder": _load_folder, "hf": Corpus.from_hf}
         if fmt not in loaders:
-            raise ValueError(f"unknown corpus format {fmt!r}; expected one of: jsonl, tsv, text, folder")
+            raise ValueError(f"unknown corpus format {fmt!r}; expected one of: jsonl, tsv, text, folder, hf")
+        if fmt == "hf":
+            out = Corpus.from_hf(p, **kw)
+            out.source = str(p)
+            return out
         if fmt == "folder" and not p.is_dir():
             raise DataFormatError(p, None, "is not a folder; expected a folder of .md/.txt files")
         if fmt != "folder" and p.is_dir():
@@ -783,6 +855,8 @@ def _token_windows(tokenizer: Any, texts: list[str], size: int, overlap: int) ->
 # ---------------------------------------------------------------------------------------------- loaders
 def _infer_corpus_format(p: Path) -> str:
     if p.is_dir():
+        if (p / "dataset_info.json").is_file() or (p / "dataset_dict.json").is_file():
+            return "hf"  # written by datasets' save_to_disk
         return "folder"
     name = p.name.lower()
     if name.endswith(".gz"):

@@ -10,7 +10,8 @@ INDEX_TYPES = ("exact", "flat", "ivf", "ivfpq", "hnsw", "sq8", "sq16", "bm25")
 
 
 def make_index(index_type: str, dim: int, metric: str = "ip", **kwargs):
-    """An empty index: ``exact`` (kernel top-k) or a faiss type (flat, ivf, ivfpq, hnsw, sq8, sq16)."""
+    """An empty index: ``exact`` (kernel top-k), a faiss type (flat, ivf, ivfpq, hnsw, sq8, sq16) or any faiss
+    ``index_factory`` string (``"IVF4096,PQ64x4fs"``, ``"HNSW32,Flat"``)."""
     t = str(index_type).lower()
     if t == "exact":
         from .exact import ExactIndex
@@ -20,7 +21,7 @@ def make_index(index_type: str, dim: int, metric: str = "ip", **kwargs):
         raise ValueError("bm25 indexes hold texts, not vectors: use jmlr.retriever.BM25Index")
     from .faiss_index import FaissIndex
 
-    return FaissIndex(dim, t, metric, **kwargs)
+    return FaissIndex(dim, index_type, metric, **kwargs)  # a faiss index_factory string keeps its case
 
 
 def build_index(encoder, corpus, *, index_type: str = "flat", metric: str = "ip", out: str | os.PathLike | None = None,

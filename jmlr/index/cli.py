@@ -18,6 +18,8 @@ _BUILD_EPILOG = """examples:
   jmlr index build --corpus corpus.jsonl --encoder minilm --out idx/ --type hnsw
   jmlr index build --corpus notes/ --corpus-format folder --encoder runs/demo/retriever --out idx/ --type ivf
   jmlr index build --corpus corpus.jsonl --out bm25/ --type bm25
+  jmlr index build --corpus corpus.jsonl --out idx/ --type "IVF1024,PQ32x4fs" --param nprobe=32
+  jmlr index build --corpus pubmed_hf/ --corpus-format hf --hf-mapping id=pmid --hf-mapping text=abstract --out idx/
 An interrupted build resumes: embeddings are written chunk by chunk to OUT.store/ (removed when done).
 On N ranks each encodes one shard and rank 0 merges them and writes OUT (see docs/distributed.md):
   torchrun --nproc_per_node 8 -m jmlr.cli index build --corpus corpus.jsonl --encoder minilm --out idx/
@@ -40,7 +42,7 @@ def add_cli(subparsers) -> None:
     p = subparsers.add_parser("index", help="build and search an index over a corpus",
                               formatter_class=argparse.RawDescriptionHelpFormatter,
                               epilog=_BUILD_EPILOG + "\n" + _SEARCH_EPILOG)
-    sub = p.add_subparsers(dest="index_cmd", required=True, metavar="{build,search}")
+    sub = p.add_subparsers(dest="index_cmd", required=True, metavar="{build,search,import}")
 
     b = sub.add_parser("build", help="encode a corpus and build an index", epilog=_BUILD_EPILOG,
                        formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -49,7 +51,12 @@ def add_cli(subparsers) -> None:
     b.add_argument("--encoder", default="minilm",
                    help="DualEncoder: alias (minilm), sentence-transformers / HF / jmlr folder (default: minilm)")
     b.add_argument("--out", required=True, help="index folder to write (replaced atomically)")
-    b.add_argument("--type", default="flat", choices=TYPES, help="index type (default: flat)")
+    b.add_argument("--type", default="flat", help=f"index type: {', '.join(TYPES)}, or a faiss index_factory string "
+                   "such as 'HNSW32,Flat' (default: flat)")
+    b.add_argument("--param", action="append", default=[], metavar="NAME=VALUE",
+                   help="faiss parameter, e.g. nprobe=32 or efSearch=256 (repeat for several)")
+    b.add_argument("--hf-mapping", action="append", default=[], metavar="FIELD=COLUMN",
+                   help="corpus field from a column: id=pmid, text=abstract, title=heading (hf and jsonl corpora)")
     b.add_argument("--metric", default="ip", choices=("ip", "l2"), help="faiss metric (default: ip)")
     b.add_argument("--dtype", default="float32", choices=("float32", "float16"),
                    help="embedding store / exact index precision (default: float32)")
@@ -77,6 +84,7 @@ def add_cli(subparsers) -> None:
     s.add_argument("--force", action="store_true", help="use the index even if the encoder fingerprint differs")
     s.add_argument("--json", action="store_true", help="print JSON instead of a table")
     s.set_defaults(func=cmd_search)
+    _add_import(sub)
 
 
 def add_eval_retrieval(eval_subparsers) -> None:
@@ -102,10 +110,12 @@ def add_eval_retrieval_args(e: argparse.ArgumentParser) -> None:
 
 # ------------------------------------------------------------------------------------------- commands
 
-def _load_corpus(path: str, fmt: str | None):
+def _load_corpus(path: str, fmt: str | None, mapping: list[str] | None = None):
     from jmlr.data import Corpus
+    from jmlr.data.hf import corpus_load_kwargs, parse_mapping
 
-    return Corpus.load(path, fmt=fmt)
+    kw = corpus_load_kwargs(fmt, parse_mapping(mapping or [], "--hf-mapping"), path) if mapping else {}
+    return Corpus.load(path, fmt=fmt, **kw)
 
 
 def _check_out(out: Path) -> None:
@@ -143,15 +153,21 @@ def _build(args) -> int:
     from jmlr.index.build import build_index, remove_store
 
     progress = not args.quiet
-    corpus = _load_corpus(args.corpus, args.corpus_format)
+    corpus = _load_corpus(args.corpus, args.corpus_format, args.hf_mapping)
     info = {"corpus_path": str(Path(args.corpus).resolve()), "corpus_format": args.corpus_format}
+    if args.hf_mapping:
+        info["corpus_mapping"] = list(args.hf_mapping)
     store = args.store or (str(Path(args.out)) + ".store")
     if args.type == "bm25":
+        if args.param:
+            raise ValueError(f"--param {args.param[0]!r}: faiss parameters do not apply to --type bm25")
         index = build_index(None, corpus, index_type="bm25", out=args.out, info=info)
     else:
         from jmlr.retriever import DualEncoder
 
-        kw = {}
+        from jmlr.index.settings import index_kwargs
+
+        kw = index_kwargs(args.type, _parse_params(args.param))
         if args.type in ("ivf", "ivfpq"):
             if args.nlist is not None:
                 kw["nlist"] = args.nlist
@@ -219,7 +235,8 @@ def cmd_search(args) -> int:
     cpath = args.corpus or index.info.get("corpus_path")
     if cpath and Path(cpath).exists():
         try:
-            corpus = _load_corpus(cpath, None if args.corpus else index.info.get("corpus_format"))
+            corpus = _load_corpus(cpath, None if args.corpus else index.info.get("corpus_format"),
+                                  None if args.corpus else index.info.get("corpus_mapping"))
         except (ValueError, FileNotFoundError) as e:
             print(f"(passage texts unavailable: {e})", file=sys.stderr)
     results = []
@@ -286,4 +303,108 @@ def cmd_eval_retrieval(args) -> int:
         from jmlr.index._atomic import write_json_atomic
 
         write_json_atomic(args.out, metrics)
+    return 0
+
+
+# ------------------------------------------------------------------------------------------- import
+
+_IMPORT_EPILOG = """examples:
+  jmlr index import pubmed.faiss --ids pubmed_ids.txt --encoder minilm --corpus pubmed.jsonl --out idx/
+  jmlr index import idmap.faiss --encoder runs/demo/retriever --out idx/     # an IndexIDMap carries its ids
+Then `jmlr index search --index idx/ ...` and `jmlr eval retrieval --index idx/ ...` use it like a built index.
+"""
+
+
+def _add_import(sub) -> None:
+    i = sub.add_parser("import", help="adopt an existing .faiss file (with its ids) as a jmlr index",
+                       epilog=_IMPORT_EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
+    i.add_argument("faiss_file", help="a file written by faiss.write_index")
+    i.add_argument("--ids", default=None, help="text file, one id per line in the index's row order (optional for an "
+                                               "IndexIDMap, whose own labels are used)")
+    i.add_argument("--out", required=True, help="index folder to write (replaced atomically)")
+    i.add_argument("--encoder", default=None,
+                   help="the DualEncoder the vectors came from: its dimension and normalisation are checked against "
+                        "the index, and it is recorded for `jmlr index search`")
+    i.add_argument("--corpus", default=None, help="corpus the ids belong to (checked; passage texts for search)")
+    i.add_argument("--corpus-format", default=None, help="jsonl, tsv, text, folder or hf (default: from the path)")
+    i.add_argument("--hf-mapping", action="append", default=[], metavar="FIELD=COLUMN",
+                   help="corpus field from a column (hf and jsonl corpora)")
+    i.add_argument("--metric", default=None, choices=("ip", "l2"), help="the metric you expect (checked)")
+    i.add_argument("--param", action="append", default=[], metavar="NAME=VALUE",
+                   help="faiss search parameter, e.g. nprobe=32 (repeat for several)")
+    i.set_defaults(func=cmd_import)
+
+
+def _parse_params(items: list[str]) -> dict:
+    """``["nprobe=32", "efSearch=256"]`` -> ``{"nprobe": 32, "efSearch": 256}``."""
+    out = {}
+    for item in items:
+        name, sep, value = item.partition("=")
+        if not sep or not name.strip():
+            raise ValueError(f"--param {item!r}: expected NAME=VALUE, e.g. nprobe=32")
+        try:
+            out[name.strip()] = float(value) if "." in value or "e" in value.lower() else int(value)
+        except ValueError:
+            raise ValueError(f"--param {item!r}: {value!r} is not a number") from None
+    return out
+
+
+def read_ids_file(path: str) -> list[str]:
+    """One id per line (surrounding whitespace stripped; trailing empty lines ignored)."""
+    p = Path(path)
+    if not p.is_file():
+        raise FileNotFoundError(f"{p}: no such ids file (expected one id per line)")
+    lines = p.read_text(encoding="utf-8").splitlines()
+    while lines and not lines[-1].strip():
+        lines.pop()
+    ids, seen = [], {}
+    for n, line in enumerate(lines, start=1):
+        pid = line.strip()
+        if not pid:
+            raise ValueError(f"{p} line {n}: empty id; expected one id per line")
+        if pid in seen:
+            raise ValueError(f"{p} line {n}: duplicate id {pid!r} (first at line {seen[pid]})")
+        seen[pid] = n
+        ids.append(pid)
+    return ids
+
+
+def cmd_import(args) -> int:
+    """``jmlr index import``."""
+    from jmlr.index.faiss_index import FaissIndex, idmap_labels, read_faiss_file
+
+    ids = read_ids_file(args.ids) if args.ids else None
+    corpus = _load_corpus(args.corpus, args.corpus_format, args.hf_mapping) if args.corpus else None
+    encoder = None
+    if args.encoder:
+        from jmlr.retriever import DualEncoder
+
+        encoder = DualEncoder.from_pretrained(args.encoder)
+    raw = read_faiss_file(args.faiss_file)
+    if ids is None:
+        labels = idmap_labels(raw)
+        if labels is None:
+            raise ValueError(f"{args.faiss_file}: pass --ids (one id per line, in row order); only an IndexIDMap "
+                             "carries its own ids")
+        ids = [str(i) for i in labels]  # strings, like corpus ids
+    index = FaissIndex.from_faiss(raw, ids, encoder=encoder, metric=args.metric, source=args.faiss_file)
+    if args.param:
+        index.set_search_params(**_parse_params(args.param))
+    if corpus is not None:
+        missing = [pid for pid in index.ids if pid not in corpus]
+        if missing:
+            raise ValueError(f"{args.corpus}: {len(missing)} of the {len(index)} index ids are not in the corpus "
+                             f"(first: {missing[0]!r}); expected the corpus the index was built from")
+        index.corpus_fingerprint = corpus.fingerprint() if len(corpus) == len(index) else None
+        index.info.update(corpus_path=str(Path(args.corpus).resolve()), corpus_format=args.corpus_format)
+        if args.hf_mapping:
+            index.info["corpus_mapping"] = list(args.hf_mapping)
+    if encoder is not None:
+        index.encoder_fingerprint = encoder.fingerprint("doc")
+        index.info.update(encoder=args.encoder if not os.path.isdir(args.encoder) else
+                          str(Path(args.encoder).resolve()), pooling=encoder.pooling, normalize=encoder.normalize,
+                          max_length=encoder.max_length)
+    index.info["imported_from"] = str(Path(args.faiss_file).resolve())
+    index.save(args.out)
+    print(f"wrote {args.out}: {index!r}")
     return 0

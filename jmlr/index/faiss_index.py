@@ -1,4 +1,5 @@
-"""FAISS indexes: Flat IP/L2, IVF-Flat, IVF-PQ, HNSW and scalar-quantised (int8, fp16), GPU when available.
+"""FAISS indexes: Flat IP/L2, IVF-Flat, IVF-PQ, HNSW, scalar-quantised (int8, fp16), any ``index_factory``
+string, and adopted existing indexes (:meth:`FaissIndex.from_faiss`); GPU when available.
 
 The exhaustive parts of flat and IVF searches (the scan of all vectors, or of the IVF centroids) switch
 between a per-query SIMD loop and BLAS at ``faiss.cvar.distance_compute_blas_threshold`` (compared with
@@ -27,6 +28,9 @@ INDEX_NAME = "index.faiss"
 TYPES = ("flat", "ivf", "ivfpq", "hnsw", "sq8", "sq16")
 _ALIASES = {"ivfflat": "ivf", "ivf-flat": "ivf", "ivf_flat": "ivf", "ivf-pq": "ivfpq", "ivf_pq": "ivfpq",
             "sqfp16": "sq16", "sq-fp16": "sq16", "fp16": "sq16", "sqint8": "sq8", "sq-int8": "sq8", "int8": "sq8"}
+FACTORY = "factory"  # index_type of an index built from a faiss index_factory string
+ADOPTED = "file"  # index_type of an index adopted with from_faiss (whatever the faiss object is)
+_FAISS_NAMES = {"efSearch": "ef_search", "efConstruction": "ef_construction"}  # faiss spelling -> ours
 _BLAS_TYPES = ("flat", "ivf", "ivfpq")  # searches that go through the exhaustive knn routines
 _GPU_TYPES = ("flat", "ivf", "ivfpq", "sq8", "sq16")
 
@@ -105,6 +109,11 @@ class FaissIndex(BaseIndex):
     IVF ``nlist = 4 sqrt(n)`` (at least 39 points per list), ``nprobe = 32``; HNSW ``M = 32``,
     ``efConstruction = 80``, ``efSearch = 128``; IVF-PQ ``m`` close to ``d / 8`` with 8-bit codes.
 
+    Any other ``index_type`` is a faiss ``index_factory`` string (case-sensitive), e.g. ``"IVF4096,PQ64x4fs"``
+    or ``"HNSW32,Flat"``; it trains on the first ``add`` when faiss says it needs training. ``search_params``
+    (``{"nprobe": 64}``, ``{"efSearch": 256}``, any name faiss's ``ParameterSpace`` knows) are applied after
+    construction, training and loading. :meth:`from_faiss` adopts an index built elsewhere.
+
     ``use_gpu="auto"`` moves flat / IVF / SQ indexes onto this rank's own GPU when faiss sees some (HNSW stays
     on CPU): ``gpu`` (default :func:`rank_gpu`: the current CUDA device, else ``LOCAL_RANK``), so the shards of
     a multi-GPU job sit one per GPU instead of each being copied onto every GPU of the node.
@@ -115,12 +124,14 @@ class FaissIndex(BaseIndex):
     def __init__(self, dim: int, index_type: str = "flat", metric: str = "ip", *, nlist: int | None = None,
                  nprobe: int = 32, pq_m: int | None = None, pq_bits: int = 8, hnsw_m: int = 32,
                  ef_construction: int = 80, ef_search: int = 128, use_gpu: bool | str = "auto",
-                 calibrate_blas: bool = True, gpu: int | None = None):
+                 calibrate_blas: bool = True, search_params: dict[str, Any] | None = None, gpu: int | None = None):
         super().__init__(dim, metric)
         t = str(index_type).lower()
         t = _ALIASES.get(t, t)
-        if t not in TYPES:
-            raise ValueError(f"unknown faiss index type {index_type!r}: expected one of {TYPES}")
+        self.factory: str | None = None
+        self.search_params = dict(search_params or {})
+        if t not in TYPES and t != ADOPTED:
+            self.factory, t = str(index_type), FACTORY
         self.index_type = t
         self.nlist = nlist
         self.nprobe = int(nprobe)
@@ -136,8 +147,9 @@ class FaissIndex(BaseIndex):
         self.calibrate_blas = calibrate_blas
         self._index = None
         self._on_gpu = False
-        if t in ("flat", "hnsw", "sq16"):  # untrained kinds can be built right away
+        if t in ("flat", "hnsw", "sq16", FACTORY):  # untrained kinds (and factory strings, to check them) now
             self._index = self._make(0)
+            self._apply_search_params(self._index)
 
     # ------------------------------------------------------------------ construction
     @property
@@ -151,7 +163,11 @@ class FaissIndex(BaseIndex):
         return faiss.METRIC_INNER_PRODUCT if self.metric == "ip" else faiss.METRIC_L2
 
     def params(self) -> dict[str, Any]:
+        if self.index_type in (FACTORY, ADOPTED):
+            return {"index_type": self.factory or ADOPTED, "search_params": dict(self.search_params)}
         p: dict[str, Any] = {"index_type": self.index_type}
+        if self.search_params:
+            p["search_params"] = dict(self.search_params)
         if self.index_type in ("ivf", "ivfpq"):
             p.update(nlist=self.nlist, nprobe=self.nprobe)
         if self.index_type == "ivfpq":
@@ -163,6 +179,16 @@ class FaissIndex(BaseIndex):
     def _make(self, n_train: int):
         faiss = _faiss()
         d, m, t = self.dim, self.faiss_metric, self.index_type
+        if t == FACTORY:
+            try:
+                idx = faiss.index_factory(d, self.factory, m)
+            except RuntimeError as e:
+                raise ValueError(f"unknown faiss index type {self.factory!r}: neither one of {TYPES} nor an "
+                                 f"index_factory string faiss accepts for dim={d} ({_faiss_error(e)})") from None
+            return self._maybe_to_gpu(idx) if "HNSW" not in self.factory else idx
+        if t == ADOPTED:
+            raise ValueError("an adopted faiss index (index_type='file') is made by FaissIndex.from_faiss or loaded "
+                             "from a saved folder, not built")
         if t == "flat":
             idx = faiss.IndexFlatIP(d) if self.metric == "ip" else faiss.IndexFlatL2(d)
         elif t == "hnsw":
@@ -195,7 +221,7 @@ class FaissIndex(BaseIndex):
 
     def _maybe_to_gpu(self, idx):
         want = self.use_gpu
-        if want is False or self.index_type not in _GPU_TYPES:
+        if want is False or self.index_type not in _GPU_TYPES + (FACTORY,):
             return idx
         n = num_gpus()
         if n == 0:
@@ -224,8 +250,13 @@ class FaissIndex(BaseIndex):
             self._index = self._make(x.shape[0])
         if not self._index.is_trained:
             t0 = time.perf_counter()
-            self._index.train(x)
+            try:
+                self._index.train(x)
+            except RuntimeError as e:
+                raise ValueError(f"faiss index {self.factory or self.index_type!r}: training on {len(x)} vectors "
+                                 f"failed: {_faiss_error(e)}") from None
             logger.info("trained faiss %s on %d vectors in %.2fs", self.index_type, len(x), time.perf_counter() - t0)
+            self._apply_search_params(self._index)
 
     def _add_vectors(self, x: np.ndarray) -> None:
         if self._index is None or not self._index.is_trained:
@@ -286,11 +317,14 @@ class FaissIndex(BaseIndex):
         if ok.any():
             faiss = _faiss()
             idx = faiss.index_gpu_to_cpu(self._index) if self._on_gpu else self._index
-            if self.index_type in ("ivf", "ivfpq"):
-                ivf = faiss.extract_index_ivf(idx)
-                if ivf.direct_map.type == faiss.DirectMap.NoMap:
-                    ivf.make_direct_map()
-            out[ok] = idx.reconstruct_batch(flat[ok])
+            ivf = faiss.try_extract_index_ivf(idx) if self.index_type not in ("flat", "hnsw", "sq8", "sq16") else None
+            if ivf is not None and ivf.direct_map.type == faiss.DirectMap.NoMap:
+                ivf.make_direct_map()
+            try:
+                out[ok] = idx.reconstruct_batch(flat[ok])
+            except RuntimeError as e:
+                raise ValueError(f"faiss index {self.factory or self.index_type!r} cannot give back stored vectors: "
+                                 f"{_faiss_error(e)}") from None
         return torch.from_numpy(out.reshape(*pos.shape, self.dim))
 
     # ------------------------------------------------------------------ persistence
@@ -323,13 +357,25 @@ class FaissIndex(BaseIndex):
                 faiss.extract_index_ivf(raw).nprobe = idx.nprobe
             if idx.index_type == "hnsw":
                 raw.hnsw.efSearch = idx.ef_search
-            idx._index = idx._maybe_to_gpu(raw)
+            if idx.index_type in (FACTORY, ADOPTED):
+                idx._check_adoptable(raw, str(path))
+            idx._apply_search_params(raw)
+            idx._index = raw if idx.index_type == ADOPTED or "HNSW" in (idx.factory or "") else idx._maybe_to_gpu(raw)
         idx._restore_common(folder, meta)
         return idx
 
-    def set_search_params(self, *, nprobe: int | None = None, ef_search: int | None = None) -> None:
-        """Change the speed / recall trade-off of a built index."""
+    def set_search_params(self, *, nprobe: int | None = None, ef_search: int | None = None, **faiss_params) -> None:
+        """Change the speed / recall trade-off of a built index (``faiss_params``: any ParameterSpace name)."""
         faiss = _faiss()
+        if self.index_type in (FACTORY, ADOPTED):
+            named = {"nprobe": nprobe, "efSearch": ef_search}
+            faiss_params.update({k: v for k, v in named.items() if v is not None})
+        if faiss_params:
+            self.search_params.update(faiss_params)
+            if self._index is not None:
+                self._apply_search_params(self._index, faiss_params)
+            if self.index_type in (FACTORY, ADOPTED):
+                return
         if nprobe is not None and self.index_type in ("ivf", "ivfpq"):
             self.nprobe = int(nprobe)
             if self._index is not None:
@@ -341,3 +387,120 @@ class FaissIndex(BaseIndex):
             self.ef_search = int(ef_search)
             if self._index is not None:
                 self._index.hnsw.efSearch = self.ef_search
+
+    # ------------------------------------------------------------------ factory strings and adopted indexes
+    def _apply_search_params(self, idx, params: dict[str, Any] | None = None) -> None:
+        """Set ``params`` (default: ``self.search_params``) through faiss's ParameterSpace; a name faiss cannot set
+        on this index raises ``ValueError`` naming it."""
+        params = self.search_params if params is None else params
+        if not params or idx is None:
+            return
+        faiss = _faiss()
+        space = faiss.GpuParameterSpace() if self._on_gpu else faiss.ParameterSpace()
+        for name, value in params.items():
+            try:
+                space.set_index_parameter(idx, str(name), float(value))
+            except (RuntimeError, TypeError, ValueError) as e:
+                raise ValueError(f"index.params: faiss cannot set {name!r}={value!r} on a "
+                                 f"{self.factory or self.index_type!r} index ({_faiss_error(e)}); expected search "
+                                 "parameters such as nprobe (IVF) or efSearch (HNSW)") from None
+
+    def _check_adoptable(self, raw, where: str) -> None:
+        if raw.d != self.dim:
+            raise ValueError(f"{where}: the faiss index has dimension {raw.d}, but {self.dim} was expected")
+        metric = _metric_name(raw, where)
+        if metric != self.metric:
+            raise ValueError(f"{where}: the faiss index ranks by {metric}, but metric={self.metric!r} was expected")
+
+    @classmethod
+    def from_faiss(cls, index, ids=None, *, encoder=None, metric: str | None = None,
+                   use_gpu: bool | str = False, source: str | None = None) -> "FaissIndex":
+        """Adopt an existing faiss index (an object, or the path of a ``faiss.write_index`` file).
+
+        ``ids`` name its rows in insertion order (one id per vector; ints or strs). For an ``IndexIDMap`` the
+        ids may be left out: its own labels are used, and the inner index is searched. With ``encoder`` (a
+        DualEncoder) the index must have the encoder's dimension, and an L2 index needs an encoder that
+        normalises its embeddings (then L2 and inner product rank alike); ``metric`` states the metric you
+        expect. Any mismatch raises ``ValueError`` naming both sides (and ``source``, e.g. the file name).
+
+        >>> raw = faiss.read_index("pubmed.faiss")                                   # doctest: +SKIP
+        >>> index = FaissIndex.from_faiss(raw, ids=pmids, encoder=dual)               # doctest: +SKIP
+        """
+        faiss = _faiss()
+        where = source or "the faiss index"
+        if isinstance(index, (str, os.PathLike)):
+            where, index = str(index), read_faiss_file(index)
+        if not isinstance(index, faiss.Index):
+            raise ValueError(f"expected a faiss.Index (or a path to one), got {type(index).__name__}")
+        if hasattr(faiss, "GpuIndex") and isinstance(index, faiss.GpuIndex):
+            index = faiss.index_gpu_to_cpu(index)
+        outer = faiss.downcast_index(index)
+        raw = outer
+        if isinstance(outer, (faiss.IndexIDMap, faiss.IndexIDMap2)):
+            labels = faiss.vector_to_array(outer.id_map).tolist()
+            ids = labels if ids is None else ids
+            raw = faiss.downcast_index(outer.index)
+        if ids is None:
+            raise ValueError(f"{where}: pass ids (one per vector, in insertion order) for a "
+                             f"{type(outer).__name__}; only an IndexIDMap carries its own")
+        ids = list(ids)
+        if len(ids) != raw.ntotal:
+            raise ValueError(f"{where}: holds {raw.ntotal} vectors but {len(ids)} ids were given; expected one id per "
+                             "vector, in insertion order")
+        have = _metric_name(raw, where)
+        if metric is not None and metric != have:
+            raise ValueError(f"{where}: the faiss index ranks by {have}, but metric={metric!r} was expected")
+        if encoder is not None:
+            if raw.d != encoder.dim:
+                raise ValueError(f"{where}: the faiss index has dimension {raw.d}, but the encoder gives {encoder.dim}-d "
+                                 "embeddings; expected the encoder the index was built with")
+            if have == "l2" and not encoder.normalize:
+                raise ValueError(f"{where}: the faiss index ranks by L2 distance but the encoder does not normalise its "
+                                 "embeddings, so L2 and the encoder's inner-product scores rank differently; expected "
+                                 "an inner-product index, or an encoder with normalize=True")
+        if not raw.is_trained and raw.ntotal:
+            raise ValueError(f"{where}: holds vectors but reports is_trained=False")
+        out = cls(raw.d, ADOPTED, have, use_gpu=use_gpu, calibrate_blas=False)
+        out._keepalive = (index, outer)  # the owning proxies: an IndexIDMap owns the inner index we search
+        out._index = raw
+        out._register_ids(out._check_new_ids(ids))
+        out.info["adopted"] = type(raw).__name__
+        return out
+
+
+def read_faiss_file(path: str | os.PathLike):
+    """``faiss.read_index(path)`` with errors that name the file."""
+    faiss = _faiss()
+    where = str(path)
+    if not os.path.isfile(where):
+        raise FileNotFoundError(f"{where}: no such faiss index file")
+    try:
+        return faiss.read_index(where)
+    except RuntimeError as e:
+        raise ValueError(f"{where}: not a faiss index file ({_faiss_error(e)})") from None
+
+
+def idmap_labels(index) -> list[int] | None:
+    """The labels of an ``IndexIDMap`` / ``IndexIDMap2`` in row order, else None."""
+    faiss = _faiss()
+    outer = faiss.downcast_index(index)
+    if isinstance(outer, (faiss.IndexIDMap, faiss.IndexIDMap2)):
+        return faiss.vector_to_array(outer.id_map).tolist()
+    return None
+
+
+def _metric_name(raw, where: str) -> str:
+    faiss = _faiss()
+    if raw.metric_type == faiss.METRIC_INNER_PRODUCT:
+        return "ip"
+    if raw.metric_type == faiss.METRIC_L2:
+        return "l2"
+    raise ValueError(f"{where}: faiss metric type {raw.metric_type} is neither inner product nor L2; "
+                     "expected METRIC_INNER_PRODUCT or METRIC_L2")
+
+
+def _faiss_error(e: Exception) -> str:
+    """The informative part of a faiss C++ error message (the text after 'Error:')."""
+    msg = str(e)
+    tail = msg.split("Error: ", 1)[-1] if "Error: " in msg else msg
+    return " ".join(tail.split())[:300]

@@ -61,9 +61,10 @@ class RetrievalState:
     def build(self, index=None) -> None:
         """Encode this rank's rows with the current doc tower and index them (version 0), or adopt ``index``."""
         from jmlr.index import AsyncRefresher
+        from jmlr.index.settings import index_kwargs
 
         ic = self.cfg.index
-        kwargs = {"dtype": ic.storage} if ic.type == "exact" else {}
+        kwargs = index_kwargs(ic.type, ic.params, ic.storage)  # index.type (a factory string too), index.params
         kwargs.update(self._index_device_kwargs(ic.type))
         rows = list(range(self.start, self.end))
         self.refresher = AsyncRefresher(

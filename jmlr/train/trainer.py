@@ -23,6 +23,7 @@ from torch import nn
 from jmlr.config import TrainConfig, save_config, to_dict, validate
 from jmlr.core.precision import Precision, resolve_precision
 from jmlr.train import checkpoint as ckpt
+from jmlr.train.tracking import check_report_to, start_trackers
 
 logger = logging.getLogger(__name__)
 
@@ -122,8 +123,10 @@ class JointTrainer:
         config: a :class:`~jmlr.config.TrainConfig`.
         retriever: a :class:`~jmlr.retriever.DualEncoder`.
         reader: a :class:`~jmlr.reader.Reader`.
-        corpus: the :class:`~jmlr.data.Corpus` to retrieve from.
-        train_data / dev_data: lists of :class:`~jmlr.data.QAExample`.
+        corpus: the :class:`~jmlr.data.Corpus` to retrieve from (a ``datasets.Dataset`` with id/text/title
+            columns works too, through :meth:`~jmlr.data.Corpus.from_hf`).
+        train_data / dev_data: lists of :class:`~jmlr.data.QAExample` (or ``datasets.Dataset`` s with
+            question/options/answer columns, through ``load_qa("hf", ...)``).
 
     >>> trainer = JointTrainer(cfg, DualEncoder.from_pretrained("minilm"), Reader.from_pretrained("smollm2-135m"),
     ...                        corpus, train, dev)            # doctest: +SKIP
@@ -132,6 +135,8 @@ class JointTrainer:
 
     def __init__(self, config: TrainConfig, retriever, reader, corpus, train_data: list, dev_data: list | None = None,
                  accelerator=None, progress: bool = True):
+        corpus, train_data, dev_data = _from_datasets(corpus, train_data, dev_data)
+        check_report_to(config.report_to)
         if not train_data:
             raise ValueError("train_data is empty: nothing to train on")
         if len(corpus) < config.index.top_k:
@@ -159,6 +164,7 @@ class JointTrainer:
         self.nonfinite_skipped = 0  # optimizer steps dropped by the optim.nonfinite guard
         self._nonfinite_run = 0  # of them, in a row up to now
         self._lock = None  # the output_dir writer lock (see claim_run_folder)
+        self._trackers = None  # report_to, started in setup (main process)
         self._setup_done = False
 
     # ------------------------------------------------------------------ construction helpers
@@ -172,6 +178,7 @@ class JointTrainer:
         from jmlr.retriever import DualEncoder
 
         validate(cfg)
+        check_report_to(cfg.report_to)  # a missing tracker package fails before any model loads
         get_loss(cfg.loss.name, **dict(cfg.loss.options))  # an unknown loss is named before anything loads
         reader_kw = reader_load_kwargs(cfg.reader)  # LoRA, dtype, attention, quantisation: checked before loading
         lock = claim_run_folder(cfg)  # output_dir checked, locked and created before models load
@@ -180,7 +187,9 @@ class JointTrainer:
         train, dev, _test, corpus = load_data(cfg)
         retriever = DualEncoder.from_pretrained(cfg.retriever.model, shared=cfg.retriever.shared_towers,
                                                 pooling=cfg.retriever.pooling, normalize=cfg.retriever.normalize,
-                                                max_length=cfg.retriever.max_length)
+                                                max_length=cfg.retriever.max_length,
+                                                query_prefix=_prefix(cfg.retriever.query_prefix, cfg.retriever),
+                                                doc_prefix=_prefix(cfg.retriever.doc_prefix, cfg.retriever))
         reader = Reader.from_pretrained(cfg.reader.model, template=cfg.reader.template,
                                         max_length=cfg.reader.max_length, target=cfg.reader.target,
                                         gradient_checkpointing=cfg.reader.gradient_checkpointing,
@@ -259,7 +268,7 @@ class JointTrainer:
         if self.is_main:
             self.out.mkdir(parents=True, exist_ok=True)
             save_config(cfg, self.out / "config.yaml")
-        self._tb = _tensorboard(self.out / "tb") if self.is_main else None
+        self._trackers = start_trackers(cfg.report_to, self.out, to_dict(cfg), accelerator=acc) if self.is_main else None
         self._setup_done = True
 
     # ------------------------------------------------------------------ the loop
@@ -296,6 +305,8 @@ class JointTrainer:
         if self.dev_data:
             self.evaluate(self.dev_data, split="dev")
         self.save_checkpoint()
+        if self.is_main:
+            self.plot()
         summary = self.summary()
         self.release()
         return summary
@@ -305,6 +316,12 @@ class JointTrainer:
         if self._lock is not None:
             self._lock.release()
             self._lock = None
+
+    def plot(self, path: str | os.PathLike | None = None) -> Path:
+        """``curves.png`` (loss, dev accuracy and Recall@k, index version against the step) in the run folder."""
+        from jmlr.train.plots import CURVES_NAME, plot_curves
+
+        return plot_curves(self.history, self.evals, path or self.out / CURVES_NAME, loss_name=self.cfg.loss.name)
 
     def _batch_indices(self, step: int, micro: int) -> list[int]:
         """Deterministic, resumable data order: a fresh permutation per epoch from (seed, epoch)."""
@@ -524,13 +541,8 @@ class JointTrainer:
 
     # ------------------------------------------------------------------ logging and summary
     def _log(self, row: dict) -> None:
-        self.out.mkdir(parents=True, exist_ok=True)
-        with open(self.out / "metrics.jsonl", "a") as f:
-            f.write(json.dumps(row, default=float) + "\n")
-        if self._tb is not None and "loss" in row:
-            for k, v in row.items():
-                if isinstance(v, (int, float)) and k != "step":
-                    self._tb.add_scalar(f"train/{k}", v, row["step"])
+        if self._trackers is not None:
+            self._trackers.log(row)  # metrics.jsonl and/or accelerate trackers (report_to)
 
     def summary(self) -> dict:
         s = {
@@ -546,14 +558,6 @@ class JointTrainer:
         if self.is_main:
             (self.out / "summary.json").write_text(json.dumps(s, indent=2, default=float))
         return s
-
-
-def _tensorboard(path: Path):
-    try:
-        from torch.utils.tensorboard import SummaryWriter
-    except Exception:  # tensorboard not installed: JSONL logs only
-        return None
-    return SummaryWriter(str(path))
 
 
 @torch.no_grad()
@@ -626,6 +630,27 @@ def _length_key(ex) -> int:
     return len(ex.question) + sum(len(str(o)) for o in (getattr(ex, "options", None) or {}).values())
 
 
+def _from_datasets(corpus, train_data, dev_data):
+    """Hugging Face datasets in: a Dataset corpus through Corpus.from_hf, Dataset QA through load_qa("hf")."""
+    from jmlr.data.hf import is_hf_dataset
+
+    if is_hf_dataset(corpus):
+        from jmlr.data import Corpus
+
+        corpus = Corpus.from_hf(corpus)
+    if is_hf_dataset(train_data) or is_hf_dataset(dev_data):
+        from jmlr.data import load_qa
+
+        train_data = load_qa("hf", train_data) if is_hf_dataset(train_data) else train_data
+        dev_data = load_qa("hf", dev_data) if is_hf_dataset(dev_data) else dev_data
+    return corpus, train_data, dev_data
+
+
+def _prefix(value, rcfg):
+    """A retriever prefix from the config: the value, else the model's prompt (None), or none at all ("")."""
+    return value if value is not None else (None if rcfg.model_prompts else "")
+
+
 def load_data(cfg: TrainConfig):
     """(train, dev, test, corpus) named by ``cfg.data`` ('demo' = the bundled demo data)."""
     from jmlr.data import Corpus, load_qa
@@ -637,7 +662,7 @@ def load_data(cfg: TrainConfig):
             from jmlr.data.demo import demo_qa
             ex = demo_qa(split)
         else:
-            ex = load_qa(d.format, src)
+            ex = load_qa(d.format, src, **({"mapping": d.mapping} if d.mapping else {}))
         lim = d.max_train if split == "train" else d.max_eval
         return ex[:lim] if lim else ex
 
@@ -645,7 +670,10 @@ def load_data(cfg: TrainConfig):
         from jmlr.data.demo import demo_corpus
         corpus = demo_corpus()
     else:
-        corpus = Corpus.load(d.corpus, fmt=d.corpus_format)
+        from jmlr.data.hf import corpus_load_kwargs
+
+        kw = corpus_load_kwargs(d.corpus_format, d.corpus_mapping, d.corpus) if d.corpus_mapping else {}
+        corpus = Corpus.load(d.corpus, fmt=d.corpus_format, **kw)
     return qa(d.train, "train"), qa(d.dev, "dev"), qa(d.test, "test"), corpus
 
 

@@ -65,6 +65,7 @@ def test_run_pretrain_tiny(reader, corpus, tmp_path):
 
     cfg = PretrainConfig(output_dir=str(tmp_path / "cpt"))
     cfg.data.window = 32
+    cfg.data.packing = "stream"  # GPT-style: every position carries loss (document packing: test_stages_packing)
     cfg.optim.steps, cfg.optim.batch_size, cfg.optim.grad_accum = 6, 2, 2
     cfg.optim.lr, cfg.optim.warmup_steps, cfg.optim.precision = 1e-2, 0, "fp32"
     s = run_pretrain(cfg, reader=reader, texts=corpus.texts(), progress=False)

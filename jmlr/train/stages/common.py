@@ -199,16 +199,18 @@ def _unwrap(model):
     return model.get_base_model() if hasattr(model, "peft_config") and hasattr(model, "get_base_model") else model
 
 
-def sequence_logps(model, input_ids, attention_mask, labels, full_logits: bool = False):
+def sequence_logps(model, input_ids, attention_mask, labels, full_logits: bool = False, position_ids=None):
     """Per-sequence ``sum log p(token)`` over the labelled positions, and the number of those positions.
 
     Args:
         model: a transformers causal LM (optionally peft-wrapped).
         input_ids, attention_mask, labels: ``(B, L)``; ``labels[b, t]`` is the token expected at position
             ``t`` (usually ``input_ids[b, t]``) or ``-100`` for no loss. Position ``t`` is predicted by the
-            hidden state at ``t - 1``.
+            hidden state at ``t - 1``. ``attention_mask`` may also be a 4-D ``(B, 1, L, L)`` mask or None
+            (document-masked packing, see :func:`jmlr.train.stages.pretrain.document_attention`).
         full_logits: compute logits at every position through ``model(...)`` (the reference path used by
             the tests) instead of projecting only the labelled positions.
+        position_ids: ``(B, L)`` positions, when they are not ``0..L-1`` (packed documents).
 
     Returns:
         ``(logp (B,) float32, n_tokens (B,) long)``.
@@ -222,11 +224,12 @@ def sequence_logps(model, input_ids, attention_mask, labels, full_logits: bool =
     lm = _unwrap(model)
     body = lm.get_decoder() if hasattr(lm, "get_decoder") else None
     head = lm.get_output_embeddings() if hasattr(lm, "get_output_embeddings") else None
+    extra = {} if position_ids is None else {"position_ids": position_ids}
     if full_logits or body is None or head is None or body is lm:
-        logits = model(input_ids=input_ids, attention_mask=attention_mask, use_cache=False).logits[:, :-1]
+        logits = model(input_ids=input_ids, attention_mask=attention_mask, use_cache=False, **extra).logits[:, :-1]
         logits = logits[sel].float()  # (M, V)
     else:
-        hidden = body(input_ids=input_ids, attention_mask=attention_mask, use_cache=False)[0]  # (B, L, H)
+        hidden = body(input_ids=input_ids, attention_mask=attention_mask, use_cache=False, **extra)[0]  # (B, L, H)
         logits = head(hidden[:, :-1][sel]).float()  # (M, V): only the labelled positions
         cap = getattr(getattr(lm, "config", None), "final_logit_softcapping", None)
         if cap:

@@ -41,7 +41,8 @@ from .common import (IGNORE_INDEX, StageModelConfig, StageOptimConfig, StepBatch
 from .common import holds_run_folder
 from .sft import EncodedSFT, SFTExample, encode_sft, format_instruction
 
-__all__ = ["DPOConfig", "DPODataConfig", "PreferencePair", "load_preferences", "dpo_loss", "encode_pairs",
+__all__ = ["DPOConfig", "DPODataConfig", "PreferencePair", "load_preferences", "preferences_from_hf", "dpo_loss",
+           "encode_pairs",
            "run_dpo", "dpo"]
 
 _PAIR = "a preference record {prompt, chosen, rejected}"
@@ -101,6 +102,23 @@ def load_preferences(path) -> list[PreferencePair]:
         if vals[1].strip() == vals[2].strip():
             raise DataFormatError(path, where, "chosen and rejected are the same text; expected two different responses")
         out.append(PreferencePair(*vals, id=str(rec.get("id", f"pair-{i}"))))
+    return out
+
+
+def preferences_from_hf(dataset) -> list[PreferencePair]:
+    """Preference pairs from a ``datasets.Dataset`` with ``prompt``, ``chosen`` and ``rejected`` text columns."""
+    from jmlr.data import DataFormatError
+    from jmlr.data.hf import records
+
+    out = []
+    for i, (where, rec) in enumerate(records(dataset, {"prompt": "prompt", "chosen": "chosen", "rejected": "rejected",
+                                                       "id": "id"}, optional=("id",))):
+        for k in ("prompt", "chosen", "rejected"):
+            if not isinstance(rec.get(k), str) or not rec[k].strip():
+                raise DataFormatError(None, where, f"column {k!r} is {rec.get(k)!r}; expected a non-empty text ({_PAIR})")
+        if rec["chosen"].strip() == rec["rejected"].strip():
+            raise DataFormatError(None, where, "chosen and rejected are the same text; expected two different responses")
+        out.append(PreferencePair(rec["prompt"], rec["chosen"], rec["rejected"], id=str(rec.get("id") or f"pair-{i}")))
     return out
 
 
@@ -250,12 +268,17 @@ def run_dpo(cfg: DPOConfig, reader=None, pairs: Sequence[PreferencePair] | None 
     Args:
         cfg: a :class:`DPOConfig`.
         reader: the policy :class:`~jmlr.reader.Reader` (default: loaded from ``cfg.model``).
-        pairs: train on these pairs instead of ``cfg.data.pairs``.
+        pairs: train on these pairs instead of ``cfg.data.pairs`` (or on a ``datasets.Dataset``, see
+            :func:`preferences_from_hf`).
         progress: show tqdm bars.
     """
     import torch
 
+    from jmlr.data.hf import is_hf_dataset
+
     seed_everything(cfg.seed)
+    if is_hf_dataset(pairs):
+        pairs = preferences_from_hf(pairs)
     if pairs is None:
         if not cfg.data.pairs:
             raise ValueError("DPO needs preference pairs: set data.pairs to a {prompt, chosen, rejected} JSONL")

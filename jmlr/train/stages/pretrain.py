@@ -8,9 +8,20 @@ special tokens, joined with an EOS separator, and the resulting stream is cut in
     windows: [t1 t1 t1 EOS t2 t2 t2 t2] [t2 EOS t3 t3 EOS t4 ...] ...
 
 No padding is spent: every token of every text appears exactly once (only the tail of the stream, shorter
-than a window, forms one shorter window at the very end of a finite pass). Attention crosses the EOS
-separators inside a window, as in GPT-style packed pretraining; the EOS token tells the model where a
-document ends. The loss is the next-token loss on every position of the window.
+than a window, forms one shorter window at the very end of a finite pass). The loss is the next-token loss.
+
+``data.packing`` decides what a token sees:
+
+* ``document`` (the default): positions restart at 0 with every document (and with the piece of a document
+  that continues from the previous window), attention stays inside the document, and the first token of a
+  document is not predicted from the one before it. A token's logits are then exactly those of its document
+  alone (tested), as in Llama 3's document masking, trl's packing and transformers'
+  ``DataCollatorWithFlattening``. The model gets ``position_ids`` and no 2-D mask: transformers builds the
+  block-causal mask from the position restarts (SDPA / eager on CPU), and flash-attention kernels run
+  variable-length attention from them on GPU. Older transformers without that detection get an explicit
+  4-D block mask (:func:`document_attention`).
+* ``stream``: GPT-style: attention crosses the EOS separators inside a window; the EOS token tells the model
+  where a document ends.
 
 Python::
 
@@ -33,8 +44,10 @@ from .common import (StageModelConfig, StageOptimConfig, StepBatch, load_reader,
                      resolve_qa, save_stage_config, seed_everything, train_loop)
 from .common import holds_run_folder
 
-__all__ = ["PretrainConfig", "PretrainDataConfig", "pack_windows", "PackedStream", "qa_to_text",
-           "pretrain_texts", "run_pretrain", "pretrain"]
+__all__ = ["PretrainConfig", "PretrainDataConfig", "pack_windows", "pack_documents", "PackedStream", "qa_to_text",
+           "pretrain_texts", "document_attention", "run_pretrain", "pretrain", "PACKINGS"]
+
+PACKINGS = ("document", "stream")
 
 
 @dataclass
@@ -50,6 +63,8 @@ class PretrainDataConfig:
     separator: str = _f("", "token placed between texts; '' = the tokenizer's EOS token")
     shuffle: bool = _f(True, "shuffle the text order every epoch")
     tokenize_chunk: int = _f(256, "texts tokenized per call while streaming")
+    packing: str = _f("document", "document: positions restart and attention stays inside each document; "
+                                  "stream: GPT-style, attention crosses the EOS separators")
 
 
 @dataclass
@@ -87,6 +102,66 @@ def pack_windows(token_lists: Iterable[Sequence[int]], window: int, sep_id: int,
             del buf[:window]
     if buf and not drop_last:
         yield buf
+
+
+def pack_documents(token_lists: Iterable[Sequence[int]], window: int, sep_id: int,
+                   drop_last: bool = False) -> Iterator[tuple[list[int], list[int]]]:
+    """:func:`pack_windows` plus the ``position_ids`` of every window: they restart at 0 where a document (its
+    tokens and its separator) starts, and at the start of every window (a document cut by a window boundary
+    continues as a new piece).
+
+    >>> list(pack_documents([[1, 2, 3], [4, 5], [6]], window=4, sep_id=0))
+    [([1, 2, 3, 0], [0, 1, 2, 3]), ([4, 5, 0, 6], [0, 1, 2, 0]), ([0], [0])]
+    """
+    if window < 2:
+        raise ValueError(f"window must be at least 2 tokens, got {window}")
+    buf: list[int] = []
+    pos: list[int] = []
+    for toks in token_lists:
+        doc = list(toks) + [sep_id]
+        while doc:
+            take = doc[: window - len(buf)]
+            buf.extend(take)
+            pos.extend(range(len(take)))  # a document, or the piece of one a window boundary cut off, starts at 0
+            doc = doc[len(take):]
+            if len(buf) == window:
+                yield buf, pos
+                buf, pos = [], []
+    if buf and not drop_last:
+        yield buf, pos
+
+
+def document_attention(model, position_ids, mode: str = "auto") -> dict:
+    """Keyword arguments that keep attention inside each packed document of ``position_ids (B, L)``.
+
+    ``mode="auto"``: ``{"position_ids", "attention_mask": None}`` when transformers derives the block-causal mask
+    from restarting positions itself (``masking_utils.find_packed_sequence_indices``) or the model runs
+    flash attention (variable-length kernels); otherwise, and with ``mode="mask"``, an explicit 4-D block-causal
+    mask ``(B, 1, L, L)``: boolean for SDPA, additive float for eager attention.
+    """
+    import torch
+
+    if mode not in ("auto", "mask"):
+        raise ValueError(f"mode must be 'auto' or 'mask', got {mode!r}")
+    lm = model.get_base_model() if hasattr(model, "get_base_model") else model
+    impl = str(getattr(getattr(lm, "config", None), "_attn_implementation", "eager") or "eager")
+    if mode == "auto":
+        if impl.startswith("flash_attention"):
+            return {"position_ids": position_ids, "attention_mask": None}
+        try:
+            from transformers.masking_utils import find_packed_sequence_indices  # noqa: F401
+            return {"position_ids": position_ids, "attention_mask": None}
+        except ImportError:  # pragma: no cover - transformers < 4.56
+            pass
+    doc = (position_ids == 0).cumsum(-1)  # (B, L): document number of every token
+    L = position_ids.shape[-1]
+    causal = torch.ones(L, L, dtype=torch.bool, device=position_ids.device).tril()
+    allowed = (doc.unsqueeze(-1) == doc.unsqueeze(-2)) & causal  # (B, L, L)
+    mask = allowed.unsqueeze(1)  # (B, 1, L, L)
+    if impl == "eager":
+        dtype = next(lm.parameters()).dtype
+        mask = torch.zeros(mask.shape, dtype=dtype, device=mask.device).masked_fill(~mask, torch.finfo(dtype).min)
+    return {"position_ids": position_ids, "attention_mask": mask}
 
 
 def qa_to_text(ex: Any) -> str:
@@ -151,41 +226,64 @@ class PackedStream:
     def __iter__(self) -> Iterator[list[int]]:
         return pack_windows(self._token_lists(), self.window, self.sep_id)
 
+    def documents(self) -> Iterator[tuple[list[int], list[int]]]:
+        """Windows with their per-document ``position_ids`` (:func:`pack_documents`)."""
+        return pack_documents(self._token_lists(), self.window, self.sep_id)
 
-def _batches(stream: PackedStream, batch_size: int, pad_id: int) -> Iterator[StepBatch]:
+
+def _batches(stream: PackedStream, batch_size: int, pad_id: int, packing: str = "stream") -> Iterator[StepBatch]:
     import torch
 
-    it = iter(stream)
+    from .common import IGNORE_INDEX
+
+    it = iter(stream) if packing == "stream" else stream.documents()
     while True:
         rows = [next(it) for _ in range(batch_size)]  # the stream is endless: windows are all full length
-        ids = torch.as_tensor(rows, dtype=torch.long)  # (B, window)
-        yield StepBatch({"input_ids": ids, "labels": ids.clone()}, n_units=ids.numel() - ids.shape[0],
-                        n_tokens=ids.numel(), epoch=stream.epoch)
+        if packing == "stream":
+            ids = torch.as_tensor(rows, dtype=torch.long)  # (B, window)
+            yield StepBatch({"input_ids": ids, "labels": ids.clone()}, n_units=ids.numel() - ids.shape[0],
+                            n_tokens=ids.numel(), epoch=stream.epoch)
+            continue
+        ids = torch.as_tensor([r[0] for r in rows], dtype=torch.long)  # (B, window)
+        pos = torch.as_tensor([r[1] for r in rows], dtype=torch.long)  # (B, window), 0 where a document starts
+        labels = ids.masked_fill(pos == 0, IGNORE_INDEX)  # a document's first token has nothing to predict it
+        yield StepBatch({"input_ids": ids, "labels": labels, "position_ids": pos},
+                        n_units=int((labels[:, 1:] != IGNORE_INDEX).sum()), n_tokens=ids.numel(), epoch=stream.epoch)
 
 
 def _lm_loss(model, t: dict):
-    """Summed next-token loss over every position of the packed windows."""
+    """Summed next-token loss over the labelled positions of the packed windows (every position for stream
+    packing; within each document for document packing)."""
     import torch
 
     from .common import sequence_logps
 
     ids = t["input_ids"]  # (B, window), no padding
-    logp, _ = sequence_logps(model, ids, torch.ones_like(ids), t["labels"])  # (B,)
+    if "position_ids" in t:
+        kw = document_attention(model, t["position_ids"])
+        logp, _ = sequence_logps(model, ids, kw["attention_mask"], t["labels"], position_ids=kw["position_ids"])
+    else:
+        logp, _ = sequence_logps(model, ids, torch.ones_like(ids), t["labels"])  # (B,)
     return -logp.sum(), {}
 
 
 @holds_run_folder
-def run_pretrain(cfg: PretrainConfig, reader=None, texts: Sequence[str] | None = None,
-                 progress: bool = True) -> dict:
+def run_pretrain(cfg: PretrainConfig, reader=None, texts: Sequence[str] | Any = None,
+                 progress: bool = True, text_column: str = "text") -> dict:
     """Continued pretraining as configured; returns the summary (also in ``output_dir/summary.json``).
 
     Args:
         cfg: a :class:`PretrainConfig`.
         reader: train this :class:`jmlr.reader.Reader` instead of loading ``cfg.model``.
-        texts: use these texts instead of ``cfg.data``'s corpus/QA files.
+        texts: use these texts instead of ``cfg.data``'s corpus/QA files; a ``datasets.Dataset`` gives the
+            strings of its ``text_column``.
         progress: show a tqdm bar.
     """
+    from jmlr.data.hf import is_hf_dataset, text_column as hf_text_column
+
     seed_everything(cfg.seed)
+    if is_hf_dataset(texts):
+        texts = [t for t in hf_text_column(texts, text_column) if t.strip()]
     reader = reader if reader is not None else load_reader(cfg.model)
     texts = list(texts) if texts is not None else pretrain_texts(cfg.data)
     tok = reader.tokenizer
@@ -197,16 +295,19 @@ def run_pretrain(cfg: PretrainConfig, reader=None, texts: Sequence[str] | None =
         sep = tok.eos_token_id
         if sep is None:
             raise ValueError("the tokenizer has no EOS token; set data.separator to a token of its vocabulary")
+    if cfg.data.packing not in PACKINGS:
+        raise ValueError(f"data.packing must be one of {PACKINGS}, got {cfg.data.packing!r}")
     max_pos = getattr(getattr(reader._base_model(), "config", None), "max_position_embeddings", None)
     if max_pos and cfg.data.window > max_pos:
         raise ValueError(f"data.window={cfg.data.window} exceeds the model's max_position_embeddings={max_pos}")
     stream = PackedStream(texts, tok, cfg.data.window, sep, seed=cfg.seed, shuffle=cfg.data.shuffle,
                           chunk=cfg.data.tokenize_chunk)
     save_stage_config(cfg, cfg.output_dir)
-    return train_loop(stage="pretrain", reader=reader, batches=_batches(stream, cfg.optim.batch_size, sep),
+    return train_loop(stage="pretrain", reader=reader,
+                      batches=_batches(stream, cfg.optim.batch_size, sep, cfg.data.packing),
                       loss_fn=_lm_loss, optim_cfg=cfg.optim, output_dir=cfg.output_dir, log_every=cfg.log_every,
                       progress=progress, extra_summary={"texts": len(texts), "window": cfg.data.window,
-                                                        "separator_id": int(sep)})
+                                                        "separator_id": int(sep), "packing": cfg.data.packing})
 
 
 pretrain = run_pretrain

@@ -428,6 +428,12 @@ def run_qgen(cfg: QGenConfig, reader=None, passages: Sequence[Passage] | None = 
     from jmlr.core.precision import resolve_precision
 
     reader.autocast_dtype = resolve_precision(cfg.precision, reader.device, key="precision").dtype
+    from jmlr.data.hf import is_hf_dataset
+
+    if is_hf_dataset(passages):  # a datasets.Dataset with id/text(/title) columns
+        from jmlr.data import Corpus
+
+        passages = _pick_passages(Corpus.from_hf(passages), cfg.data, cfg.seed)
     if passages is None:
         passages = _pick_passages(resolve_corpus(cfg.data.corpus, cfg.data.corpus_format or None), cfg.data, cfg.seed)
     passages = list(passages)

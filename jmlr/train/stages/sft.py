@@ -43,7 +43,8 @@ from .common import (IGNORE_INDEX, StageModelConfig, StageOptimConfig, StepBatch
 from .common import holds_run_folder
 
 __all__ = ["SFTConfig", "SFTDataConfig", "SFTExample", "EncodedSFT", "Instruction", "load_instructions",
-           "format_instruction", "instruction_examples", "sft_examples_from_qa", "gold_passages", "encode_sft",
+           "format_instruction", "instruction_examples", "sft_examples_from_qa", "sft_examples_from_hf",
+           "gold_passages", "encode_sft",
            "sft_loss", "run_sft", "sft"]
 
 _INSTRUCTION = "an instruction record {instruction, input?, output} or {prompt, response}"
@@ -295,6 +296,37 @@ def build_sft_examples(cfg: SFTConfig, reader) -> list[SFTExample]:
     return pairs
 
 
+def sft_examples_from_hf(dataset, reader) -> list[SFTExample]:
+    """SFT pairs from a ``datasets.Dataset`` with ``prompt``/``response`` columns (used verbatim), or with
+    ``instruction``/``output`` (and optional ``input``) columns (rendered like instruction records)."""
+    from jmlr.data import DataFormatError
+    from jmlr.data.hf import column_names, records, resolve_dataset
+
+    ds, desc = resolve_dataset(dataset)
+    cols = column_names(ds)
+    verbatim = "prompt" in cols and "instruction" not in cols
+    fields = {"prompt": "prompt", "response": "response"} if verbatim else \
+        {"instruction": "instruction", "output": "output", "input": "input", "id": "id"}
+    if not verbatim and "instruction" not in cols:
+        raise ValueError(f"{desc}: expected columns prompt/response or instruction/output(/input); "
+                         f"the dataset has {cols}")
+    out: list[SFTExample] = []
+    insts: list[Instruction] = []
+    for i, (where, rec) in enumerate(records(ds, fields, optional=("input", "id"))):
+        need = ("prompt", "response") if verbatim else ("instruction", "output")
+        for k in need:
+            if not isinstance(rec.get(k), str) or not rec[k].strip():
+                raise DataFormatError(None, where, f"column {k!r} is {rec.get(k)!r}; expected a non-empty text")
+        if verbatim:
+            out.append(SFTExample(prompt=rec["prompt"], response=rec["response"], id=f"hf-{i}"))
+        else:
+            insts.append(Instruction(instruction=rec["instruction"], output=rec["output"], input=rec.get("input") or "",
+                                     id=str(rec.get("id") or f"hf-{i}")))
+    return out if verbatim else instruction_examples(insts, reader)
+
+
+
+
 @holds_run_folder
 def run_sft(cfg: SFTConfig, reader=None, examples: Sequence[SFTExample] | None = None,
             progress: bool = True) -> dict:
@@ -303,11 +335,16 @@ def run_sft(cfg: SFTConfig, reader=None, examples: Sequence[SFTExample] | None =
     Args:
         cfg: an :class:`SFTConfig`.
         reader: train this :class:`~jmlr.reader.Reader` instead of loading ``cfg.model``.
-        examples: train on these :class:`SFTExample` pairs instead of ``cfg.data``.
+        examples: train on these :class:`SFTExample` pairs instead of ``cfg.data`` (or on a ``datasets.Dataset``,
+            see :func:`sft_examples_from_hf`).
         progress: show a tqdm bar.
     """
+    from jmlr.data.hf import is_hf_dataset
+
     seed_everything(cfg.seed)
     reader = reader if reader is not None else load_reader(cfg.model)
+    if is_hf_dataset(examples):
+        examples = sft_examples_from_hf(examples, reader)
     pairs = list(examples) if examples is not None else build_sft_examples(cfg, reader)
     enc, counts = encode_sft(pairs, reader, reader.max_length, add_eos=cfg.data.add_eos)
     if not enc:
