@@ -346,7 +346,6 @@ def describe(cls=TrainConfig, prefix: str = "") -> str:
 _CHOICES = {
     "optim.schedule": ("linear", "cosine", "constant"),
     "optim.nonfinite": ("skip", "raise", "ignore"),
-    "retriever.pooling": ("mean", "cls"),
     "reader.template": ("jmlr", "chat", "freetext"),
     "reader.target": ("letter", "letter_text", "option_text"),
     "index.storage": ("fp32", "fp16", "bf16", "int8", "float32", "float16", "bfloat16"),
@@ -402,6 +401,14 @@ def validate(cfg: TrainConfig) -> TrainConfig:
             continue
         if v not in allowed:
             problems.append(f"{key} must be one of {', '.join(allowed)}, got {v!r}")
+    pooling = cfg.retriever.pooling  # None = the model folder's own; else modes of jmlr.retriever.POOLINGS, '+'-joined
+    if pooling is not None:
+        from jmlr.retriever.dual_encoder import POOLINGS  # the retriever owns the list (lazy: config stays light)
+
+        bad = [m for m in str(pooling).split("+") if m not in POOLINGS]
+        if bad:
+            problems.append(f"retriever.pooling must be one of {', '.join(POOLINGS)} (or several joined by '+'), "
+                            f"got {pooling!r}")
     if cfg.index.sample_m and cfg.index.sample_m > cfg.index.top_k:
         problems.append(f"index.sample_m={cfg.index.sample_m} must be in 1..index.top_k={cfg.index.top_k} (0 = off)")
     st = cfg.refresh.staleness_threshold

@@ -93,7 +93,7 @@ def native_bf16(device: Any = "cpu") -> tuple[bool, str]:
         have = sorted(set(BF16_CPU_FLAGS) & cpu_flags())
         if have:
             return True, f"CPU has {'+'.join(have)}"
-        return False, f"CPU lacks {'/'.join(BF16_CPU_FLAGS)} (bf16 would be emulated, ~4x slower than fp32)"
+        return False, f"CPU lacks {'/'.join(BF16_CPU_FLAGS)} (bf16 would be emulated, several times slower than fp32)"
     return False, f"device type {kind!r}: bf16 not assumed native"
 
 
