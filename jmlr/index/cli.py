@@ -144,6 +144,12 @@ def cmd_build(args) -> int:
         from jmlr.models import require
 
         require(args.encoder, "--encoder")
+    import os
+
+    from jmlr.index import distributed_build as dbuild
+
+    if dbuild.launched_distributed() and os.environ.get("RANK", "0") != "0":
+        return _build(args)  # under torchrun rank 0 alone holds the lock: it alone writes OUT
     with output_lock(out, f"index output {out}"):
         clean_stale_tmp(out.absolute().parent, [out.name], locked=True)
         return _build(args)

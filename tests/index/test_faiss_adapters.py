@@ -215,7 +215,7 @@ def test_training_passes_index_settings_through(tmp_path):
     from jmlr.train.retrieval import RetrievalState
 
     dual = DualEncoder.from_pretrained(tiny_encoder_dir(tmp_path / "enc"))
-    cfg = load_config(None, ["index.type=HNSW8,Flat", 'index.params={"efSearch": 20}', "optim.bf16=false"])
+    cfg = load_config(None, ["index.type=HNSW8,Flat", 'index.params={"efSearch": 20}', "optim.precision=fp32"])
     state = RetrievalState(dual, random_texts(50, seed=1), cfg)
     state.build()
     try:

@@ -9,7 +9,7 @@ from jmlr.train.stages.sft import SFTExample, sft_examples_from_hf
 
 
 def _fast(optim, steps=2):
-    optim.bf16, optim.warmup_steps, optim.steps, optim.batch_size = False, 0, steps, 2
+    optim.precision, optim.warmup_steps, optim.steps, optim.batch_size = "fp32", 0, steps, 2
 
 
 def test_pretrain_on_a_dataset_column(reader, corpus, tmp_path):

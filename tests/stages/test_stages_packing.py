@@ -91,7 +91,7 @@ def test_batches_mask_document_starts(reader):
 def test_run_pretrain_both_packings(reader, corpus, tmp_path, packing):
     cfg = PretrainConfig(output_dir=str(tmp_path / packing))
     cfg.data.window, cfg.data.packing = 32, packing
-    cfg.optim.steps, cfg.optim.batch_size, cfg.optim.lr, cfg.optim.warmup_steps, cfg.optim.bf16 = 4, 2, 1e-2, 0, False
+    cfg.optim.steps, cfg.optim.batch_size, cfg.optim.lr, cfg.optim.warmup_steps, cfg.optim.precision = 4, 2, 1e-2, 0, "fp32"
     s = run_pretrain(cfg, reader=reader, texts=corpus.texts(), progress=False)
     assert s["packing"] == packing and s["tokens"] == 4 * 2 * 32 and s["final_loss"] < s["first_loss"]
     if packing == "stream":

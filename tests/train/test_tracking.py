@@ -88,7 +88,7 @@ def test_joint_run_reports_to_trackers_and_writes_curves(tmp_path, tiny_encoder_
 
     cfg = load_config(None, ["optim.steps=4", "optim.batch_size=2", "index.top_k=2", "eval_every=2",
                              f"output_dir={tmp_path / 'run'}", "refresh.every=2", "refresh.asynchronous=false",
-                             "optim.warmup_steps=0", "optim.bf16=false", "refresh.probe_size=8",
+                             "optim.warmup_steps=0", "optim.precision=fp32", "refresh.probe_size=8",
                              "report_to=[jsonl, memory]"])
     corpus, qa = tiny_data(8)
     t = JointTrainer(cfg, DualEncoder.from_pretrained(tiny_encoder_dir),
