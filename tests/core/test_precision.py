@@ -66,7 +66,7 @@ def test_autocast_takes_the_device_type_from_the_tensor():
 
 def test_old_bf16_key_names_the_new_one(tmp_path):
     with pytest.raises(ValueError, match=r"'optim.bf16' was replaced by 'optim.precision"):
-        load_config(None, ["optim.precision=fp32"])
+        load_config(None, ["optim.bf16=false"])
     f = tmp_path / "old.yaml"
     f.write_text("optim:\n  bf16: true\n")
     with pytest.raises(ValueError, match=r"'optim.bf16' in .*old.yaml was replaced by 'optim.precision"):
