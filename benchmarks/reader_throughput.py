@@ -163,12 +163,12 @@ def run(args) -> dict:
         return prec.name in ("bf16", "fp16") and not (prec.name == "bf16" and native)
 
     for prec_name in args.precisions:
-        prec = resolve_precision(prec_name, "cpu", key="--precisions")
+        prec = resolve_precision(prec_name, cloze.device, key="--precisions")
         emu = emulated(prec)  # a slow emulated precision: fewer questions, no warm-up (the model is warm)
         n_q = min(args.emulated_questions, len(qs)) if emu else len(qs)
         q_, p_ = qs[:n_q], passages[:n_q]
         calls = args.repeats + (0 if emu else 1)
-        with torch.no_grad(), prec.autocast("cpu"):
+        with torch.no_grad(), prec.autocast(cloze.device):
             workload = None
             for shared in (False, True):  # per-option first: what it computes IS the workload
                 seen = cloze.tokens_seen

@@ -12,11 +12,12 @@ natively, and fp32 everywhere else:
 Every autocast in jmlr goes through :func:`autocast` (or :meth:`Precision.autocast`); the device type comes from
 the device or tensor passed in, never from a literal. Weights stay fp32; only the forwards' matmuls change.
 
->>> p = resolve_precision("fp32", "cpu")
+>>> x = torch.ones(2, 2)
+>>> p = resolve_precision("fp32", x)
 >>> p.name, p.dtype, p.reason
 ('fp32', None, 'requested fp32')
->>> with p.autocast("cpu"):
-...     pass
+>>> with p.autocast(x):
+...     y = x @ x
 """
 from __future__ import annotations
 
