@@ -28,6 +28,12 @@ def refresh_policy(cfg) -> str:
     return "|".join(parts) or "never"
 
 
+def budget_kwargs(cfg) -> dict:
+    """The AsyncRefresher arguments of a budgeted refresh (``refresh.budget``, ``full_every``, ...)."""
+    return {"budget": cfg.budget or None, "full_every": int(cfg.full_every), "neighbours": int(cfg.neighbours),
+            "coverage": float(cfg.coverage)}
+
+
 class RetrievalState:
     """Index + refresher for one training run (see module docstring)."""
 
@@ -63,7 +69,7 @@ class RetrievalState:
         self.refresher = AsyncRefresher(
             self.retriever, (rows, self.doc_texts[self.start:self.end]), policy=self.policy, index_type=ic.type,
             index_kwargs=kwargs, probe_size=self.cfg.refresh.probe_size, seed=self.cfg.seed, index=index,
-            autocast_dtype=self.precision.dtype, progress=self.progress)
+            autocast_dtype=self.precision.dtype, progress=self.progress, **budget_kwargs(self.cfg.refresh))
 
     def load(self, folder: str | Path, version: int | None = None) -> None:
         """Adopt the index saved by :meth:`save` (the exact index a checkpoint was trained against)."""
@@ -128,6 +134,7 @@ class RetrievalState:
 
             index = ShardedIndex(index)
         scores, ids = index.search(q.detach().float().cpu(), k)
+        self.refresher.report_searched(ids)  # the pools a budgeted refresh re-encodes first
         return torch.as_tensor(scores, dtype=torch.float32), torch.as_tensor(ids, dtype=torch.long)
 
     @torch.no_grad()
