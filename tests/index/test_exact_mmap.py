@@ -20,8 +20,9 @@ def _mapped_file_of(ptr: int) -> str | None:
 
 @pytest.fixture()
 def source(tmp_path, data_20k):
-    """The 20k x 384 docs as a float32 .npy memmap on disk (how the scale benchmark stores them)."""
+    """6,000 of the clustered 384-d docs as a float32 .npy memmap on disk (how the scale benchmark stores them)."""
     docs, queries = data_20k
+    docs = docs[:6000]
     path = tmp_path / "emb_f32.npy"
     mm = np.lib.format.open_memmap(path, mode="w+", dtype=np.float32, shape=docs.shape)
     mm[:] = docs
