@@ -14,7 +14,7 @@ DATA = Path(__file__).resolve().parents[1] / ".." / "shared" / "data"
 def real_passages(data: Path | str = DATA, *, chunk_chars: int = 400, overlap: int = 100,
                   include_demo: bool = True, limit: int | None = None) -> tuple[list[str], dict]:
     """``(texts, info)``: the chunked real passages found, and where they came from (counts per source)."""
-    from jmlr.data import Corpus, load_qa_corpus
+    from jmlr.data import load_qa_corpus
 
     data = Path(data)
     parts, info = [], {"data": str(data), "data_found": data.is_dir(), "sources": {}}
@@ -30,12 +30,13 @@ def real_passages(data: Path | str = DATA, *, chunk_chars: int = 400, overlap: i
         c = demo_corpus()
         parts.append(c)
         info["sources"]["demo_corpus"] = len(c)
-    if not parts:
-        return [], info
-    corpus = Corpus.concat(parts) if len(parts) > 1 else parts[0]
-    chunked = corpus.chunk(chunk_chars, overlap, unit="chars", progress=False)
-    texts = chunked.texts()
-    info.update(passages=len(corpus), chunks=len(texts), chunk_chars=chunk_chars, overlap_chars=overlap)
-    if limit is not None:
-        texts = texts[:limit]
+    texts = []
+    for c in parts:  # chunked one source at a time (ids may repeat across sources; only the texts are used)
+        texts += c.chunk(chunk_chars, overlap, unit="chars", progress=False).texts()
+    info.update(passages=sum(len(c) for c in parts), chunks=len(texts), chunk_chars=chunk_chars,
+                overlap_chars=overlap)
+    if limit is not None and limit < len(texts):  # a sample of every source, not the first one's head
+        import random
+
+        texts = random.Random(0).sample(texts, limit)
     return texts, info

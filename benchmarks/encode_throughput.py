@@ -5,7 +5,7 @@ count. Throughput is real (unpadded) tokens per second, counted with the shared 
 so both sides process the same tokens; ``ratio_vs_sentence_transformers`` = jmlr tokens/s / ST tokens/s.
 
 jmlr's path (:mod:`jmlr.retriever.encoding`): texts ordered by length, tokenized in chunks by a background
-thread while the model runs, rows re-sorted by token count inside a chunk (almost no padding), forward passes
+thread while the model runs (when a core is left over by torch's threads, else inline), rows re-sorted by token count inside a chunk (almost no padding), forward passes
 under ``torch.inference_mode``. sentence-transformers sorts by character length and tokenizes each batch
 inline, under ``no_grad``.
 
@@ -18,8 +18,8 @@ must be <= 1e-5 in fp32).
 Texts: real passages from ``../shared/data`` (MedMCQA explanations, PubMedQA contexts, chunked) plus the demo
 corpus; synthetic medical-word texts when those are absent or too few.
 
-    python benchmarks/encode_throughput.py --quick --out runs/bench/encode      # 512 texts, ~2 minutes (MiniLM)
-    python benchmarks/encode_throughput.py --out runs/bench/encode              # 4096 texts, max_length 128/256
+    python benchmarks/encode_throughput.py --quick --out runs/bench/encode      # 256 texts (MiniLM): ~10 min here
+    python benchmarks/encode_throughput.py --out runs/bench/encode              # 2048 texts, max_length 128/256
 
 Writes OUT/encode_throughput.json (``rows``: ``max_length``, ``ratio_vs_sentence_transformers``, tokens/s of
 each, the thread sweep, ``max_abs_diff``), OUT/encode_throughput.md and OUT/encode_throughput.png.
@@ -46,19 +46,19 @@ MATCH_TOL = 1e-5
 def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--out", required=True, help="output folder")
-    p.add_argument("--quick", action="store_true", help="512 texts, 2 repeats")
+    p.add_argument("--quick", action="store_true", help="256 texts, 1 timed round (plus a warm-up) per setting")
     p.add_argument("--model", default="minilm", help="encoder folder or alias (default minilm)")
-    p.add_argument("--texts", type=int, default=None, help="number of texts (default 4096, quick 512)")
+    p.add_argument("--texts", type=int, default=None, help="number of texts (default 2048, quick 256)")
     p.add_argument("--max-lengths", default="128,256", help="comma-separated max lengths (default 128,256)")
     p.add_argument("--batch-size", type=int, default=64)
-    p.add_argument("--repeats", type=int, default=None, help="timing rounds (default 3, quick 2)")
+    p.add_argument("--repeats", type=int, default=None, help="timing rounds (default 2, quick 1)")
     p.add_argument("--threads", default=None, help="torch thread counts to sweep (default 1 and all cores)")
     p.add_argument("--precision", default="fp32", help="fp32 (default) or bf16 (autocast, for both methods)")
     p.add_argument("--data", default=None, help="folder with medmcqa/ and pubmedqa/ (default ../shared/data)")
     p.add_argument("--seed", type=int, default=0)
     args = p.parse_args(argv)
-    args.texts = args.texts or (512 if args.quick else 4096)
-    args.repeats = args.repeats or (2 if args.quick else 3)
+    args.texts = args.texts or (256 if args.quick else 2048)
+    args.repeats = args.repeats or (1 if args.quick else 2)
     ncpu = os.cpu_count() or 1
     args.threads = [int(t) for t in (args.threads or f"1,{ncpu}").split(",") if t.strip()]
     args.threads = sorted(set(max(1, t) for t in args.threads))

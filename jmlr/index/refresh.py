@@ -365,6 +365,11 @@ class AsyncRefresher:
         return self._job is not None
 
     @property
+    def served_embeddings(self):
+        """Budgeted mode: the ``(n, d)`` float32 rows the served index holds (do not modify); else None."""
+        return self._served
+
+    @property
     def records(self) -> list[RefreshRecord]:
         return list(self._records)
 
@@ -663,9 +668,18 @@ class AsyncRefresher:
 
         if self.index_factory is not None:
             index = self.index_factory(emb.shape[1])
+        elif self.budget is not None and self.index_type == "exact" and \
+                self.index_kwargs.get("dtype", "float32") in ("float32", "fp32"):
+            from .exact import ExactIndex
+
+            # budgeted mode keeps ``emb`` as the served rows: the index wraps it instead of a second copy (each
+            # refresh builds a new ``emb``, so the served index's rows are never written)
+            kw = {k: v for k, v in self.index_kwargs.items() if k != "dtype"}
+            index = ExactIndex.from_array(self.ids, emb.numpy(), **kw)
         else:
             index = make_index(self.index_type, emb.shape[1], **self.index_kwargs)
-        index.add(self.ids, emb)
+        if not len(index):
+            index.add(self.ids, emb)
         index.version = version
         index.encoder_fingerprint = fingerprint
         index.corpus_fingerprint = self.corpus_fingerprint

@@ -4,8 +4,8 @@
 
 1. Texts are ordered longest first by character count (a free proxy for token count), then cut into
    *chunks* of ``chunk_batches * batch_size`` texts.
-2. A background thread tokenizes chunk ``c + 1`` (the Rust tokenizer releases the GIL) while the calling
-   thread runs the model on chunk ``c``; inside a chunk the rows are re-sorted by their true token count and
+2. A background thread tokenizes chunk ``c + 1`` (when a core is free of torch's intra-op threads; otherwise
+   inline, see ``overlap``) while the calling thread runs the model on chunk ``c``; inside a chunk the rows are re-sorted by their true token count and
    padded batch by batch to that batch's longest row, so a batch carries almost no padding.
 3. The forward passes run under ``torch.inference_mode`` with the model in eval mode; each batch's
    embeddings are written straight into the preallocated ``(n, d)`` float32 output in input order.
@@ -24,7 +24,7 @@ import numpy as np
 import torch
 from torch import nn
 
-__all__ = ["encode_texts", "padded_batches", "padding_stats"]
+__all__ = ["encode_texts", "padded_batches", "padding_stats", "spare_core"]
 
 
 def padded_batches(token_lists: Sequence[Sequence[int]], rows: Sequence[int], batch_size: int, pad_id: int
@@ -61,6 +61,17 @@ def padding_stats(lengths: Sequence[int], batch_size: int, chunk: int | None = N
     return {"tokens": real, "slots": slots, "padding_fraction": 1.0 - real / max(slots, 1)}
 
 
+def spare_core() -> bool:
+    """True when this process may run on more cores than torch's intra-op thread count."""
+    import os
+
+    try:
+        cores = len(os.sched_getaffinity(0))
+    except AttributeError:  # pragma: no cover - not Linux
+        cores = os.cpu_count() or 1
+    return cores > torch.get_num_threads()
+
+
 def _tokenize(tokenizer, texts: list[str], max_length: int) -> list[list[int]]:
     if not texts:
         return []
@@ -71,7 +82,7 @@ def _tokenize(tokenizer, texts: list[str], max_length: int) -> list[list[int]]:
 
 def encode_texts(model: nn.Module, tokenizer, texts: Sequence[str], *, max_length: int, pooling: str,
                  normalize: bool, batch_size: int = 64, prefix: str = "", chunk_batches: int = 8,
-                 overlap: bool = True, progress: bool = False, desc: str = "encode",
+                 overlap: bool | str = "auto", progress: bool = False, desc: str = "encode",
                  out: torch.Tensor | None = None, on_tokens: Callable[[int], None] | None = None) -> torch.Tensor:
     """No-grad embeddings ``(n, d)`` float32 on CPU of ``texts`` (in input order), written into ``out`` if given.
 
@@ -81,7 +92,9 @@ def encode_texts(model: nn.Module, tokenizer, texts: Sequence[str], *, max_lengt
         pooling, normalize: as :func:`jmlr.retriever.dual_encoder.embed_tokens`.
         batch_size: rows per forward pass.
         chunk_batches: batches per tokenized chunk (the unit of overlap and of the token-count re-sort).
-        overlap: tokenize the next chunk in a background thread while this one is encoded.
+        overlap: tokenize the next chunk in a background thread while this one is encoded. ``"auto"``: only
+            when a core is left over by torch's intra-op threads (with every core in the model's thread team, a
+            tokenizer thread preempts one of them and the whole team waits at each barrier).
         on_tokens: called with the real (unpadded) token count of each batch (cost accounting, benchmarks).
     """
     from tqdm.auto import tqdm
@@ -100,6 +113,8 @@ def encode_texts(model: nn.Module, tokenizer, texts: Sequence[str], *, max_lengt
     chunk = max(1, int(chunk_batches)) * batch_size
     chunks = [order[s:s + chunk] for s in range(0, n, chunk)]
     pad_id = tokenizer.pad_token_id
+    if overlap == "auto":
+        overlap = spare_core()
 
     def tokenized(rows):  # (rows, token lists): the producer's unit of work
         return rows, _tokenize(tokenizer, [prefix + texts[r] for r in rows], max_length)

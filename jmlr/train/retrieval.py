@@ -126,15 +126,19 @@ class RetrievalState:
     def last_trigger_step(self, step: int) -> None:
         self.refresher.last_trigger_step = int(step)
 
-    def search(self, q: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
-        """Top-``k`` (scores (B, k) float32, corpus rows (B, k) int64) for query embeddings ``q (B, d)``."""
+    def search(self, q: torch.Tensor, k: int, report: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
+        """Top-``k`` (scores (B, k) float32, corpus rows (B, k) int64) for query embeddings ``q (B, d)``.
+
+        ``report``: tell a budgeted refresher which passages were retrieved (training searches; evaluation
+        passes False so that dev/test questions do not steer what gets re-encoded)."""
         index = self.refresher.index
         if self.world > 1:
             from jmlr.index.sharded import ShardedIndex
 
             index = ShardedIndex(index)
         scores, ids = index.search(q.detach().float().cpu(), k)
-        self.refresher.report_searched(ids)  # the pools a budgeted refresh re-encodes first
+        if report:
+            self.refresher.report_searched(ids)  # the pools a budgeted refresh re-encodes first
         return torch.as_tensor(scores, dtype=torch.float32), torch.as_tensor(ids, dtype=torch.long)
 
     @torch.no_grad()

@@ -191,4 +191,6 @@ def test_retrieval_state_reports_pools_and_reads_the_config(dual, texts):
     _, rows = st.search(dual.encode_queries(texts[:3], progress=False), 4)
     hits = st.refresher._hits
     assert hits.sum() == 12 and set(np.flatnonzero(hits)) == set(rows.reshape(-1).tolist())
+    st.search(dual.encode_queries(texts[3:6], progress=False), 4, report=False)  # evaluation: not reported
+    assert st.refresher._hits.sum() == 12
     st.close()

@@ -99,8 +99,17 @@ def test_tokenizer_runs_in_background_thread_and_errors_surface(dual):
             return real(dual.tokenizer, batch, **kw)
 
     encode_texts(dual.doc_model, Spy(), texts, max_length=dual.max_length, pooling=dual.pooling,
-                 normalize=dual.normalize, batch_size=4, chunk_batches=2)
+                 normalize=dual.normalize, batch_size=4, chunk_batches=2, overlap=True)
     assert "jmlr-tokenize" in seen
+    seen.clear()
+    before = torch.get_num_threads()
+    try:
+        torch.set_num_threads(max(before, __import__("os").cpu_count() or 1))  # no spare core: tokenize inline
+        encode_texts(dual.doc_model, Spy(), texts, max_length=dual.max_length, pooling=dual.pooling,
+                     normalize=dual.normalize, batch_size=4, chunk_batches=2)
+    finally:
+        torch.set_num_threads(before)
+    assert seen == {threading.current_thread().name}
 
     class Broken(Spy):
         def __call__(self, batch, **kw):
@@ -108,4 +117,4 @@ def test_tokenizer_runs_in_background_thread_and_errors_surface(dual):
 
     with pytest.raises(RuntimeError, match="tokenizer exploded"):
         encode_texts(dual.doc_model, Broken(), texts, max_length=dual.max_length, pooling=dual.pooling,
-                     normalize=dual.normalize, batch_size=4, chunk_batches=2)
+                     normalize=dual.normalize, batch_size=4, chunk_batches=2, overlap=True)
