@@ -80,7 +80,8 @@ def _add_data(sub) -> None:
 
 BENCHMARKS = {"topk": "topk.py", "refresh": "refresh.py", "joint": "joint_vs_separate.py",
               "demo-baselines": "demo_baselines.py", "retrieval-real": "retrieval_real.py",
-              "corpus-memory": "corpus_memory.py"}
+              "corpus-memory": "corpus_memory.py", "index-scale": "index_scale.py",
+              "encode-throughput": "encode_throughput.py", "refresh-budget": "refresh_budget.py"}
 
 
 def _cmd_bench(args) -> int:

@@ -110,6 +110,13 @@ class RefreshConfig:
                                                    "drops below this")
     asynchronous: bool = _f(True, "re-encode in the background and swap between steps (False: blocking)")
     probe_size: int = _f(256, "passages in the staleness probe set")
+    budget: float = _f(0.0, "passages re-encoded per refresh: a fraction (0 < b < 1) or a count (>= 1) of the corpus, "
+                            "chosen from the recently retrieved pools, their neighbours and a random slice; "
+                            "0 = re-encode the whole corpus every time")
+    full_every: int = _f(0, "with a budget: a full re-encode when this many steps have passed since the last full "
+                            "one (0 = never after the initial build)")
+    neighbours: int = _f(4, "with a budget: served-index neighbours re-encoded per retrieved passage")
+    coverage: float = _f(0.2, "with a budget: the share of it kept for a random slice of the corpus")
 
 
 @dataclass

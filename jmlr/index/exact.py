@@ -1,6 +1,7 @@
 """Exact inner-product index over a dense (N, d) matrix, searched with ``jmlr.kernels.topk.topk``."""
 from __future__ import annotations
 
+import json
 import warnings
 from pathlib import Path
 
@@ -10,6 +11,8 @@ from .base import BaseIndex
 
 EMB_NAME = "embeddings.npy"
 SCALES_NAME = "scales.npy"
+RERANK_NAME = "rerank_fp32.npy"  # optional: float32 rows for the exact rerank of reduced-precision storage
+_KERNEL_NAMES = {"float16": "fp16", "bfloat16": "bf16", "int8": "int8"}
 _ALIASES = {"fp32": "float32", "fp16": "float16", "half": "float16", "bf16": "bfloat16"}
 DTYPES = ("float32", "float16", "bfloat16", "int8")
 
@@ -36,6 +39,11 @@ class ExactIndex(BaseIndex):
     :meth:`from_array` and :class:`jmlr.index.store.EmbeddingStore`); a saved index loads memory-mapped, so
     opening it is instant and pages are read on first search. Only ``metric="ip"`` (normalise for cosine).
 
+    ``rerank=True`` (reduced storage only) also keeps the float32 rows: the kernels pick ``rerank_k`` candidates
+    from the small copy and rescore them exactly in fp32, so scores are exact against the original vectors.
+    :meth:`write_quantized` builds such an index folder from an ``(N, d)`` float32 memmap chunk by chunk (10M x
+    384 without holding it in RAM); :func:`~jmlr.index.load_index` maps it back without copying.
+
     >>> idx = ExactIndex(384); idx.add(ids, emb)            # doctest: +SKIP
     >>> scores, ids = idx.search(q, 10)                      # (B, 10), (B, 10)
     """
@@ -43,7 +51,7 @@ class ExactIndex(BaseIndex):
     kind = "exact"
 
     def __init__(self, dim: int, metric: str = "ip", *, dtype: str = "float32", device: str | None = None,
-                 backend: str = "auto"):
+                 backend: str = "auto", rerank: bool = False, rerank_k: int | None = None):
         if metric != "ip":
             raise ValueError(f"ExactIndex supports metric='ip' only, got {metric!r}; normalise the vectors "
                              "for cosine, or use FaissIndex for l2")
@@ -57,9 +65,15 @@ class ExactIndex(BaseIndex):
         self._pending: list[np.ndarray] = []  # float32 rows not yet converted to storage
         self._store = None  # torch (N, d) in the storage dtype
         self._scales = None  # torch (N,) float32 for int8
+        self.rerank = bool(rerank) and dtype != "float32"
+        self.rerank_k = None if rerank_k is None else int(rerank_k)
+        self._rerank = None  # torch (N, d) float32 rows for the exact rerank (reduced storage with rerank=True)
 
     def params(self):
-        return {"dtype": self.dtype, "backend": self.backend}
+        p = {"dtype": self.dtype, "backend": self.backend}
+        if self.rerank:
+            p.update(rerank=True, rerank_k=self.rerank_k)
+        return p
 
     @classmethod
     def from_array(cls, ids, emb: np.ndarray, **kw) -> "ExactIndex":
@@ -97,6 +111,9 @@ class ExactIndex(BaseIndex):
         new = torch.from_numpy(np.concatenate(self._pending, 0) if len(self._pending) > 1 else self._pending[0])
         self._pending = []
         rows, scales = self._convert(new)
+        if self.rerank:
+            fp32 = new if self._rerank is None else torch.cat([self._rerank, new], 0)
+            self._rerank = fp32.to(self.device) if self.device else fp32
         if self.device:
             rows = rows.to(self.device)
             scales = None if scales is None else scales.to(self.device)
@@ -132,8 +149,10 @@ class ExactIndex(BaseIndex):
 
         pos = torch.as_tensor(np.asarray(positions.cpu() if hasattr(positions, "cpu") else positions), dtype=torch.long)
         docs = self.embeddings
+        if self._rerank is not None:
+            docs = self._rerank
         rows = docs[pos.clamp_min(0).reshape(-1).to(docs.device)].float()  # (n, d)
-        if self.scales is not None:
+        if self._rerank is None and self.scales is not None:
             rows = rows * self.scales[pos.clamp_min(0).reshape(-1).to(docs.device)].float()[:, None]
         rows[(pos.reshape(-1) < 0).to(rows.device)] = 0
         return rows.reshape(*pos.shape, self.dim).cpu()
@@ -172,7 +191,13 @@ class ExactIndex(BaseIndex):
 
         docs = self.embeddings
         q = torch.from_numpy(x).to(docs.device)
-        scores, idx = topk(q, docs, k, backend=self.backend, scales=self.scales)  # (B, k), (B, k)
+        if self._rerank is not None:  # reduced-precision candidates, then exact fp32 rescoring
+            from jmlr.kernels.topk import QuantizedDocs
+
+            qd = QuantizedDocs(docs, self.scales, _KERNEL_NAMES[self.dtype], self._rerank.to(docs.device))
+            scores, idx = topk(q, qd, k, backend=self.backend, rerank_k=self.rerank_k)  # (B, k), (B, k)
+        else:
+            scores, idx = topk(q, docs, k, backend=self.backend, scales=self.scales)  # (B, k), (B, k)
         return scores.float().cpu(), idx.cpu()
 
     def _save_payload(self, folder: Path) -> None:
@@ -184,6 +209,8 @@ class ExactIndex(BaseIndex):
         np.save(folder / EMB_NAME, emb.numpy())
         if self.scales is not None:
             np.save(folder / SCALES_NAME, self.scales.cpu().numpy())
+        if self._rerank is not None:
+            np.save(folder / RERANK_NAME, self._rerank.cpu().numpy())
 
     @classmethod
     def _load_payload(cls, folder: Path, meta: dict, *, mmap: bool = True, device: str | None = None,
@@ -192,7 +219,7 @@ class ExactIndex(BaseIndex):
 
         params = meta.get("params") or {}
         idx = cls(meta["dim"], meta.get("metric", "ip"), dtype=params.get("dtype", "float32"), device=device,
-                  backend=backend)
+                  backend=backend, rerank=bool(params.get("rerank")), rerank_k=params.get("rerank_k"))
         path = folder / EMB_NAME
         if not path.is_file():
             raise FileNotFoundError(f"{path} not found (incomplete index folder)")
@@ -205,5 +232,83 @@ class ExactIndex(BaseIndex):
         idx._store = store
         if idx.dtype == "int8":
             idx._scales = _from_numpy(np.load(folder / SCALES_NAME, mmap_mode="r" if mmap else None))
+        if idx.rerank:
+            rpath = folder / RERANK_NAME
+            if not rpath.is_file():
+                raise FileNotFoundError(f"{rpath} not found: meta.json says the index reranks in fp32")
+            rer = np.load(rpath, mmap_mode="r" if mmap else None)
+            if rer.shape != emb.shape or rer.dtype != np.float32:
+                raise ValueError(f"{rpath}: {rer.dtype} {rer.shape}, expected float32 {emb.shape}")
+            idx._rerank = _from_numpy(rer)
         idx._restore_common(folder, meta)
         return idx
+
+    @classmethod
+    def write_quantized(cls, directory, ids, source: np.ndarray, *, dtype: str = "int8", rerank: str = "none",
+                        rerank_k: int | None = None, chunk_rows: int = 262_144, version: int = 0,
+                        encoder_fingerprint: str | None = None, corpus_fingerprint: str | None = None,
+                        info: dict | None = None) -> Path:
+        """Write an index folder from a float32 ``(N, d)`` array (typically a read-only memmap) chunk by chunk.
+
+        ``dtype``: ``int8`` (per-row scales), ``bfloat16`` or ``float16`` storage. ``rerank``: ``"none"``,
+        ``"copy"`` (the float32 rows are copied next to the storage, for the exact rerank) or ``"link"``
+        (a hard link to ``source``'s ``.npy`` file when on the same filesystem, else a copy). Peak memory is
+        one chunk plus the ids. The folder is written atomically; open it with ``load_index(directory)``.
+        """
+        import os
+
+        import torch
+
+        from jmlr.kernels.topk import quantize
+
+        from ._atomic import atomic_dir
+        from .base import IDS_NAME, META_NAME
+
+        dtype = _ALIASES.get(dtype, dtype)
+        if dtype not in _KERNEL_NAMES:
+            raise ValueError(f"write_quantized: dtype must be int8, bfloat16 or float16, got {dtype!r}")
+        if rerank not in ("none", "copy", "link"):
+            raise ValueError(f"rerank must be 'none', 'copy' or 'link', got {rerank!r}")
+        if source.ndim != 2 or source.dtype != np.float32:
+            raise ValueError(f"expected a 2-D float32 array, got {source.dtype} {source.shape}")
+        N, d = source.shape
+        idx = cls(d, dtype=dtype, rerank=rerank != "none", rerank_k=rerank_k)
+        ids = idx._check_new_ids(ids)
+        if len(ids) != N:
+            raise ValueError(f"{len(ids)} ids but {N} embedding rows")
+        idx._register_ids(ids)
+        idx.version = int(version)
+        idx.encoder_fingerprint, idx.corpus_fingerprint = encoder_fingerprint, corpus_fingerprint
+        idx.info = dict(info or {})
+        src_file = getattr(source, "filename", None)
+        with atomic_dir(directory) as tmp:
+            store = np.lib.format.open_memmap(tmp / EMB_NAME, mode="w+", shape=(N, d),
+                                              dtype=np.int16 if dtype == "bfloat16" else np.dtype(dtype))
+            scales = (np.lib.format.open_memmap(tmp / SCALES_NAME, mode="w+", shape=(N,), dtype=np.float32)
+                      if dtype == "int8" else None)
+            linked = False
+            if rerank == "link" and src_file is not None and getattr(source, "offset", None) is not None:
+                try:
+                    os.link(src_file, tmp / RERANK_NAME)
+                    linked = np.load(tmp / RERANK_NAME, mmap_mode="r").shape == (N, d)
+                except OSError:
+                    linked = False
+            rer = (np.lib.format.open_memmap(tmp / RERANK_NAME, mode="w+", shape=(N, d), dtype=np.float32)
+                   if rerank != "none" and not linked else None)
+            for s in range(0, N, chunk_rows):
+                blk = np.array(source[s:s + chunk_rows], dtype=np.float32)  # (n, d): one chunk in RAM (a copy)
+                qd = quantize(torch.from_numpy(blk), _KERNEL_NAMES[dtype], keep_fp32=False)
+                data = qd.data.view(torch.int16) if dtype == "bfloat16" else qd.data
+                store[s:s + len(blk)] = data.numpy()
+                if scales is not None:
+                    scales[s:s + len(blk)] = qd.scales.numpy()
+                if rer is not None:
+                    rer[s:s + len(blk)] = blk
+            for arr in (store, scales, rer):
+                if arr is not None:
+                    arr.flush()
+            del store, scales, rer
+            (tmp / IDS_NAME).write_text(json.dumps(ids))
+            meta = idx.meta()
+            (tmp / META_NAME).write_text(json.dumps(meta, indent=2))
+        return Path(directory)

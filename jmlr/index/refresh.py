@@ -13,6 +13,15 @@ Staleness is measured on a probe set of a few hundred corpus passages: the cosin
 in the served index (stale) and under the current doc tower (fresh), and Recall@k of the top-k under the
 stale embeddings against the top-k under the fresh ones, within the probe set.
 
+Refresh under a compute budget (``budget=``, ``full_every=``): a due refresh re-encodes only ``budget``
+passages (a fraction of the corpus, or a count): first those the loop searched since the last refresh (the
+top-K' pools it reported through :meth:`AsyncRefresher.report_searched`, most often retrieved first), then
+their nearest neighbours in the served index (``neighbours`` per pooled passage), then a random slice for
+coverage (at least ``coverage`` of the budget). The new index is built from the served embeddings with those
+rows replaced, next to the served one, and swapped in exactly like a full refresh (one reference assignment
+between steps), so a search sees either the old or the new index. A full re-encode still happens when
+``full_every`` steps have passed since the last full one (0: never after the initial build).
+
 >>> refresher = AsyncRefresher(dual, corpus, policy="every:200", index_type="exact")     # doctest: +SKIP
 >>> for step in range(steps):
 ...     refresher.maybe_refresh(step)              # swaps a finished index in, or starts a refresh
@@ -25,6 +34,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import logging
+import math
 import re
 import threading
 import time
@@ -201,7 +211,11 @@ class RefreshRecord:
     stall_s: float = 0.0  # total time the loop waited for this refresh
     probe_cosine: float | None = None  # old vs new probe embeddings at the swap
     probe_recall: float | None = None  # old vs new probe top-k at the swap
+    scope: str = "full"  # "full" | "partial" (budgeted)
+    encoded: int = 0  # passages re-encoded
+    selected: dict = field(default_factory=dict)  # partial: passages taken from {"pool", "neighbours", "random"}
     _t_trigger: float = field(default=0.0, repr=False)
+    _rows: Any = field(default=None, repr=False)  # partial: the positions to re-encode (np.int64), else None
 
 
 def probe_agreement(stale, fresh, k: int, queries=None) -> tuple[float, float]:
@@ -254,6 +268,12 @@ class AsyncRefresher:
         probe_size, probe_k, probe_queries: the staleness probe (passages, k, optional query texts).
         index: an already built index for the current weights (else one is built now, synchronously).
         start_step: the step the index is fresh at (set it when resuming, so that no refresh is due at once).
+        budget: passages re-encoded per refresh: a fraction of the corpus (``0 < budget < 1``) or a count
+            (``>= 1``); ``None``/``0`` re-encodes everything each time (see the module doc).
+        full_every: with a budget, a full refresh when this many steps have passed since the last full one
+            (0: never after the initial build).
+        neighbours: served-index neighbours taken per pooled passage (budgeted refresh).
+        coverage: the share of the budget kept for the random slice (budgeted refresh).
     """
 
     def __init__(self, dual, corpus, *, policy="every:1000", index_type: str = "exact",
@@ -261,7 +281,8 @@ class AsyncRefresher:
                  worker: str = "thread", worker_threads: int | None = None, batch_size: int = 64,
                  autocast_dtype: Any = None, probe_size: int = 256, probe_k: int = 10,
                  probe_queries: Sequence[str] | None = None, seed: int = 0, index=None, start_step: int = 0,
-                 progress: bool = False):
+                 progress: bool = False, budget: float | int | None = None, full_every: int = 0,
+                 neighbours: int = 4, coverage: float = 0.2):
         import torch
 
         if worker not in ("thread", "process"):
@@ -287,6 +308,18 @@ class AsyncRefresher:
         n = len(self.ids)
         self.probe_rows = np.sort(rng.choice(n, size=min(int(probe_size), n), replace=False))
         self.probe_queries = list(probe_queries) if probe_queries is not None else None
+        self.budget = _budget_rows(budget, n)
+        if int(full_every) < 0 or int(neighbours) < 0 or not 0.0 <= float(coverage) <= 1.0:
+            raise ValueError(f"full_every and neighbours must be >= 0 and coverage in [0, 1]; got full_every="
+                             f"{full_every}, neighbours={neighbours}, coverage={coverage}")
+        self.full_every = int(full_every)
+        self.neighbours = int(neighbours)
+        self.coverage = float(coverage)
+        self.last_full_step = int(start_step)
+        self._rng = np.random.default_rng([seed, 17])
+        self._hits = np.zeros(n, dtype=np.int32) if self.budget is not None else None  # searches since a refresh
+        self._pos_of: dict | None = None
+        self._served: Any = None  # (n, d) float32 torch: the embeddings the served index holds (budgeted mode)
 
         self._tokens = dual.tokenize(self.texts, "doc")  # once: the corpus does not change
         self._snap = dual.doc_snapshot()  # the worker's private copy of the doc tower
@@ -305,8 +338,12 @@ class AsyncRefresher:
             emb = self._encode_here()
             index = self._build(emb, version=0, fingerprint=self._snapshot_fingerprint())
             self._probe_emb = emb[self.probe_rows].clone()
+            if self.budget is not None:
+                self._served = emb
         else:
             self._probe_emb = self._encode_probe_with(self._snap.doc_model)
+            if self.budget is not None:
+                self._served = _index_vectors(index, n)
         self._index = index
         self.initial_build_s = time.perf_counter() - t0
         if worker == "process" and not self.dual.doc_frozen and not isinstance(self.policy, Never):
@@ -326,6 +363,11 @@ class AsyncRefresher:
     def in_flight(self) -> bool:
         """True while a background refresh runs or waits to be swapped in."""
         return self._job is not None
+
+    @property
+    def served_embeddings(self):
+        """Budgeted mode: the ``(n, d)`` float32 rows the served index holds (do not modify); else None."""
+        return self._served
 
     @property
     def records(self) -> list[RefreshRecord]:
@@ -369,16 +411,13 @@ class AsyncRefresher:
         t0 = time.perf_counter()
         self._copy_weights()
         rec.snapshot_s = time.perf_counter() - t0
-        t0 = time.perf_counter()
-        emb = self._encode_here()
-        rec.encode_s = time.perf_counter() - t0
-        t0 = time.perf_counter()
-        index = self._build(emb, rec.version, self._snapshot_fingerprint())
-        rec.build_s = time.perf_counter() - t0
+        self._plan(rec, step)
+        rows = self._rows_to_encode(rec)
+        emb, index = self._encode_and_build(rec, lambda: self._encode_here(rows))
         rec.ready_s = time.perf_counter() - t_all
         if step is not None:
             self.last_trigger_step = step
-        self._swap(index, rec, emb[self.probe_rows].clone(), step)
+        self._swap(index, rec, emb[self.probe_rows].clone(), step, emb)
         rec.stall_s = time.perf_counter() - t_all
         return rec
 
@@ -417,11 +456,27 @@ class AsyncRefresher:
         return {"cosine": cos, "recall": rec, "k": k, "n_probe": len(self.probe_rows), "version": self.version,
                 "seconds": seconds}
 
+    def report_searched(self, ids) -> None:
+        """Note the passages a search returned (``ids (B, K)`` as the index gives them, e.g. the top-K' pools).
+
+        The next budgeted refresh re-encodes these first (most often retrieved first). Ids this refresher does
+        not hold (another rank's shard, empty slots) are ignored. A no-op without a budget.
+        """
+        if self._hits is None:
+            return
+        pos = self._positions_of(ids)
+        if len(pos):
+            np.add.at(self._hits, pos, 1)
+
     def stats(self) -> dict[str, Any]:
         """Counts, durations and the loop's stall time per refresh."""
         recs = self._records
         stall = [r.stall_s for r in recs]
         return {
+            "budget": self.budget,
+            "full_every": self.full_every,
+            "partial_refreshes": sum(r.scope == "partial" for r in recs),
+            "encoded_total": int(sum(r.encoded for r in recs)),
             "refreshes": len(recs),
             "async_refreshes": sum(r.mode == "async" for r in recs),
             "sync_refreshes": sum(r.mode == "sync" for r in recs),
@@ -483,15 +538,121 @@ class AsyncRefresher:
 
         return autocast(self.autocast_dtype, self._snap.doc_model)
 
-    def _encode_here(self):
-        """Encode the corpus with the snapshot in the calling thread."""
+    def _encode_here(self, rows=None):
+        """Encode the corpus (or the positions ``rows``) with the snapshot in the calling thread."""
         from jmlr.retriever.dual_encoder import encode_token_lists
 
         d = self._snap
+        toks = self._tokens if rows is None else [self._tokens[i] for i in rows]
         with self._amp():
-            return encode_token_lists(d.doc_model, self._tokens, pad_id=d.tokenizer.pad_token_id,
+            return encode_token_lists(d.doc_model, toks, pad_id=d.tokenizer.pad_token_id,
                                       pooling=d.pooling, normalize=d.normalize, batch_size=self.batch_size,
                                       progress=self.progress, desc="refresh: encode corpus")
+
+    # ------------------------------------------------------------------ internals: budgeted refresh
+    def _positions_of(self, ids) -> np.ndarray:
+        """Row positions (int64) of the ids this refresher holds, among ``ids`` (any shape)."""
+        flat = np.asarray(ids.cpu() if hasattr(ids, "cpu") else ids).reshape(-1)
+        n = len(self.ids)
+        if self._pos_of is None:
+            first = self.ids[0]
+            contiguous = isinstance(first, (int, np.integer)) and not isinstance(first, bool) and \
+                np.array_equal(np.asarray(self.ids, dtype=object).astype(np.int64), np.arange(first, first + n))
+            # contiguous int ids (the trainer's corpus rows): position = id - first; else a dict
+            self._pos_of = int(first) if contiguous else {i: j for j, i in enumerate(self.ids)}
+        if isinstance(self._pos_of, int):
+            if flat.dtype == object:
+                flat = np.array([x if isinstance(x, (int, np.integer)) else -1 for x in flat], dtype=np.int64)
+            pos = flat.astype(np.int64, copy=False) - self._pos_of
+            return pos[(flat >= 0) & (pos >= 0) & (pos < n)]
+        got = [self._pos_of.get(x.item() if hasattr(x, "item") else x) for x in flat]
+        return np.array([g for g in got if g is not None], dtype=np.int64)
+
+    def _plan(self, rec: RefreshRecord, step: int | None) -> None:
+        """Decide in the training thread whether this refresh is full or budgeted, and which rows it encodes."""
+        n = len(self.ids)
+        full_due = self.full_every > 0 and step is not None and step - self.last_full_step >= self.full_every
+        if self.budget is None or self.budget >= n or full_due or self._served is None:
+            rec.scope, rec._rows, rec.encoded = "full", None, n
+            if step is not None:
+                self.last_full_step = step
+        else:
+            rec.scope = "partial"
+            rec._rows = self._hits.copy()  # the pools so far; turned into rows by the worker (_select_rows)
+        if self._hits is not None:
+            self._hits[:] = 0  # pools reported from now on count towards the next refresh
+
+    def _rows_to_encode(self, rec: RefreshRecord):
+        """Positions a partial refresh encodes (computed off the training thread), or None for a full one."""
+        if rec.scope != "partial":
+            return None
+        rec._rows, rec.selected = self._select_rows(rec._rows)
+        rec.encoded = len(rec._rows)
+        return rec._rows
+
+    def _select_rows(self, hits: np.ndarray) -> tuple[np.ndarray, dict]:
+        """Pool (most retrieved first), then neighbours, then a random slice: at most ``budget`` positions."""
+        n, B = len(self.ids), self.budget
+        reserve = min(B, int(np.ceil(self.coverage * B)))
+        hit = np.flatnonzero(hits)
+        pool = hit[np.argsort(-hits[hit], kind="stable")][: B - reserve]
+        chosen = np.zeros(n, dtype=bool)
+        chosen[pool] = True
+        neigh = np.empty(0, dtype=np.int64)
+        room = B - reserve - len(pool)
+        if room > 0 and self.neighbours > 0 and len(pool):
+            # the most retrieved pooled passages' neighbours; twice what the room needs, bounding the search cost
+            seeds = pool[: 2 * int(np.ceil(room / self.neighbours))]
+            nb = self._neighbours_of(seeds)  # (P, neighbours) positions in the served index, best first
+            order = nb.T.reshape(-1)  # every pooled passage's nearest neighbour first, then the second ...
+            order = order[order >= 0]
+            _, first = np.unique(order, return_index=True)
+            order = order[np.sort(first)]
+            neigh = order[~chosen[order]][:room]
+            chosen[neigh] = True
+        rest = np.flatnonzero(~chosen)
+        k = min(B - len(pool) - len(neigh), len(rest))
+        rand = np.sort(self._rng.choice(rest, size=k, replace=False)) if k > 0 else np.empty(0, dtype=np.int64)
+        rows = np.sort(np.concatenate([pool, neigh, rand]).astype(np.int64))
+        return rows, {"pool": int(len(pool)), "neighbours": int(len(neigh)), "random": int(len(rand)),
+                      "pool_available": int(len(hit))}
+
+    def _neighbours_of(self, pool: np.ndarray) -> np.ndarray:
+        """The ``neighbours`` nearest passages (positions) of each pooled passage by the served embeddings."""
+        import torch
+
+        index = self._index
+        q = self._served[torch.from_numpy(pool)]  # (P, d)
+        kk = min(self.neighbours + 1, len(self.ids))
+        if hasattr(index, "search_positions"):
+            _, pos = index.search_positions(q, kk)  # (P, kk)
+            pos = pos.numpy()
+        else:
+            from jmlr.kernels.topk import topk
+
+            pos = topk(q, self._served, kk)[1].numpy()
+        out = np.full((len(pool), self.neighbours), -1, dtype=np.int64)
+        for j, (p, row) in enumerate(zip(pool, pos)):
+            row = row[(row != p) & (row >= 0)][: self.neighbours]
+            out[j, : len(row)] = row
+        return out
+
+    def _encode_and_build(self, rec: RefreshRecord, encode: Callable[[], Any]):
+        """Encode (all rows, or ``rec._rows``), splice into the served embeddings if partial, build the index."""
+        import torch
+
+        t0 = time.perf_counter()
+        fresh = encode()
+        rec.encode_s = time.perf_counter() - t0
+        t0 = time.perf_counter()
+        if rec._rows is None:
+            emb = fresh
+        else:
+            emb = self._served.clone()  # the served rows stay untouched: the new index gets its own copy
+            emb[torch.from_numpy(rec._rows)] = fresh
+        index = self._build(emb, rec.version, self._snapshot_fingerprint())
+        rec.build_s = time.perf_counter() - t0
+        return emb, index
 
     def _encode_probe_with(self, model):
         from jmlr.retriever.dual_encoder import encode_token_lists
@@ -507,9 +668,18 @@ class AsyncRefresher:
 
         if self.index_factory is not None:
             index = self.index_factory(emb.shape[1])
+        elif self.budget is not None and self.index_type == "exact" and \
+                self.index_kwargs.get("dtype", "float32") in ("float32", "fp32"):
+            from .exact import ExactIndex
+
+            # budgeted mode keeps ``emb`` as the served rows: the index wraps it instead of a second copy (each
+            # refresh builds a new ``emb``, so the served index's rows are never written)
+            kw = {k: v for k, v in self.index_kwargs.items() if k != "dtype"}
+            index = ExactIndex.from_array(self.ids, emb.numpy(), **kw)
         else:
             index = make_index(self.index_type, emb.shape[1], **self.index_kwargs)
-        index.add(self.ids, emb)
+        if not len(index):
+            index.add(self.ids, emb)
         index.version = version
         index.encoder_fingerprint = fingerprint
         index.corpus_fingerprint = self.corpus_fingerprint
@@ -525,6 +695,7 @@ class AsyncRefresher:
         rec.snapshot_s = time.perf_counter() - t0
         rec._t_trigger = t0
         self.last_trigger_step = step
+        self._plan(rec, step)
         self._job = threading.Thread(target=self._run_job, args=(rec,), name=f"jmlr-refresh-v{rec.version}",
                                      daemon=True)
         self._job.start()
@@ -541,16 +712,14 @@ class AsyncRefresher:
                 faiss.omp_set_num_threads(self.worker_threads)
             except ImportError:  # pragma: no cover
                 pass
-            t0 = time.perf_counter()
-            emb = self._encode_here() if self.worker == "thread" else self._encode_in_process()
-            rec.encode_s = time.perf_counter() - t0
-            t0 = time.perf_counter()
-            index = self._build(emb, rec.version, self._snapshot_fingerprint())
+            rows = self._rows_to_encode(rec)
+            emb, index = self._encode_and_build(
+                rec, (lambda: self._encode_here(rows)) if self.worker == "thread" else
+                (lambda: self._encode_in_process(rows)))
             probe = emb[self.probe_rows].clone()
-            rec.build_s = time.perf_counter() - t0
             rec.ready_s = time.perf_counter() - rec._t_trigger
             with self._lock:
-                self._ready = (index, rec, probe)
+                self._ready = (index, rec, probe, emb if self.budget is not None else None)
         except BaseException as e:  # noqa: BLE001 - re-raised in the training thread
             with self._lock:
                 self._error = (e, traceback.format_exc(), rec)
@@ -572,18 +741,20 @@ class AsyncRefresher:
             ready, self._ready = self._ready, None
         if ready is None:
             return False
-        index, rec, probe = ready
+        index, rec, probe, emb = ready
         self._job.join()
         self._job = None
-        self._swap(index, rec, probe, step)
+        self._swap(index, rec, probe, step, emb)
         rec.stall_s = rec.snapshot_s + rec.wait_s + rec.swap_s
         return True
 
-    def _swap(self, index, rec: RefreshRecord, probe, step: int | None) -> None:
+    def _swap(self, index, rec: RefreshRecord, probe, step: int | None, emb=None) -> None:
         t0 = time.perf_counter()
         old_probe = self._probe_emb
         self._index = index  # the swap: one reference assignment, in the training thread
         self._probe_emb = probe
+        if self.budget is not None and emb is not None:
+            self._served = emb  # what the new index holds: the base of the next partial refresh
         rec.swap_step = step
         rec.swap_s = time.perf_counter() - t0
         with _threads(1):  # small matrices: not worth an OpenMP team
@@ -612,14 +783,14 @@ class AsyncRefresher:
         self._job_counter = 0
         self._finalizer = weakref.finalize(self, _stop_process, self._proc, self._cmd_q)
 
-    def _encode_in_process(self):
+    def _encode_in_process(self, rows=None):
         import queue
 
         if self._proc is None:
             raise RefreshError("the refresh worker process is not running (closed?)")
         self._job_counter += 1
         job = self._job_counter
-        self._cmd_q.put(job)
+        self._cmd_q.put(job if rows is None else (job, np.asarray(rows, dtype=np.int64)))
         while True:
             try:
                 kind, got, payload = self._res_q.get(timeout=0.5)
@@ -633,7 +804,8 @@ class AsyncRefresher:
                 continue  # a stale answer
             if kind == "error":
                 raise RefreshError(f"the refresh worker process failed:\n{payload}")
-            return self._out.clone()  # (N, d): the buffer is reused by the next job
+            n = len(self.ids) if rows is None else len(rows)
+            return self._out[:n].clone()  # (n, d): the buffer is reused by the next job
 
 
 @contextlib.contextmanager
@@ -661,3 +833,28 @@ def _stop_process(proc, cmd_q) -> None:
             proc.join(5)
     except (OSError, ValueError, AssertionError):  # interpreter shutdown
         pass
+
+
+def _budget_rows(budget, n: int) -> int | None:
+    """Rows per budgeted refresh: a fraction of ``n`` (``0 < budget < 1``) or a count (``>= 1``); None = full."""
+    if budget is None or budget is False or budget == 0:
+        return None
+    b = float(budget)
+    if not math.isfinite(b) or b < 0:
+        raise ValueError(f"refresh budget must be a fraction in (0, 1) or a count >= 1, got {budget!r}")
+    rows = int(math.ceil(b * n)) if b < 1 else int(b)
+    if b >= 1 and b != int(b):
+        raise ValueError(f"refresh budget {budget!r}: a count must be a whole number (or give a fraction < 1)")
+    return max(1, rows)
+
+
+def _index_vectors(index, n: int):
+    """The ``(n, d)`` float32 vectors an index holds (for an adopted index in budgeted mode)."""
+    import torch
+
+    if hasattr(index, "vectors"):
+        return index.vectors(np.arange(n)).float()
+    if hasattr(index, "reconstruct_all"):
+        return torch.as_tensor(index.reconstruct_all(), dtype=torch.float32)
+    raise ValueError(f"a budgeted refresh needs the served vectors, but {type(index).__name__} cannot give them "
+                     "back; use an exact index, or let the refresher build the first index")

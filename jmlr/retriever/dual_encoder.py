@@ -640,11 +640,13 @@ class DualEncoder(nn.Module):
     def _encode(self, texts, tower: str, batch_size: int, progress: bool) -> torch.Tensor:
         if batch_size < 1:
             raise ValueError(f"batch_size must be >= 1, got {batch_size}")
-        toks = self.tokenize(texts, tower)
-        out = encode_token_lists(self._tower(tower), toks, pad_id=self.tokenizer.pad_token_id,
-                                 pooling=self.pooling, normalize=self.normalize, batch_size=batch_size,
-                                 progress=progress, desc=f"encode {tower}s")
-        return out if len(toks) else torch.empty((0, self.dim))
+        from .encoding import encode_texts  # length-sorted, inference_mode, tokenisation overlapped
+
+        texts = self._check_texts(texts)
+        return encode_texts(self._tower(tower), self.tokenizer, texts, max_length=self.max_length,
+                            pooling=self.pooling, normalize=self.normalize, batch_size=batch_size,
+                            prefix=self.doc_prefix if tower == "doc" else self.query_prefix, progress=progress,
+                            desc=f"encode {tower}s")
 
     def encode_queries(self, texts: Sequence[str], batch_size: int = 64, progress: bool = True) -> torch.Tensor:
         """No-grad query embeddings ``(n, d)`` float32 on CPU, batched, longest first, with a progress bar."""

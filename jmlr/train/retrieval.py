@@ -32,6 +32,12 @@ def refresh_policy(cfg) -> str:
     return "|".join(parts) or "never"
 
 
+def budget_kwargs(cfg) -> dict:
+    """The AsyncRefresher arguments of a budgeted refresh (``refresh.budget``, ``full_every``, ...)."""
+    return {"budget": cfg.budget or None, "full_every": int(cfg.full_every), "neighbours": int(cfg.neighbours),
+            "coverage": float(cfg.coverage)}
+
+
 class RetrievalState:
     """Index + refresher for one training run (see module docstring)."""
 
@@ -70,7 +76,7 @@ class RetrievalState:
         self.refresher = AsyncRefresher(
             self.retriever, (rows, self.doc_texts[self.start:self.end]), policy=self.policy, index_type=ic.type,
             index_kwargs=kwargs, probe_size=self.cfg.refresh.probe_size, seed=self.cfg.seed, index=index,
-            autocast_dtype=self.precision.dtype, progress=self.progress)
+            autocast_dtype=self.precision.dtype, progress=self.progress, **budget_kwargs(self.cfg.refresh))
 
     def _index_device_kwargs(self, kind: str) -> dict:
         """``device=`` for an exact index off the CPU (on the CPU nothing changes: the rows stay where they are)."""
@@ -144,17 +150,24 @@ class RetrievalState:
     def last_trigger_step(self, step: int) -> None:
         self.refresher.last_trigger_step = int(step)
 
-    def search(self, q: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
+    def search(self, q: torch.Tensor, k: int, report: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
         """Top-``k`` (scores (B, k) float32, corpus rows (B, k) int64) for query embeddings ``q (B, d)``, on
-        ``q``'s device (a collective when ``world > 1``)."""
+        ``q``'s device (a collective when ``world > 1``).
+
+        ``report``: tell a budgeted refresher which passages were retrieved (training searches; evaluation
+        passes False so that dev/test questions do not steer what gets re-encoded)."""
         index = self.refresher.index
         q = q.detach().float()  # stays on its device: the index moves it to its own
         if self.world > 1:
             from jmlr.index.sharded import ShardedIndex
 
-            return ShardedIndex(index).search_tensors(q, k)
-        scores, pos = index.search_positions(q, k)  # (B, k), (B, k)
-        return scores.to(q.device, torch.float32), index.lookup_tensor(pos.to(q.device))
+            scores, ids = ShardedIndex(index).search_tensors(q, k)
+        else:
+            scores, pos = index.search_positions(q, k)  # (B, k), (B, k)
+            scores, ids = scores.to(q.device, torch.float32), index.lookup_tensor(pos.to(q.device))
+        if report:
+            self.refresher.report_searched(ids)  # the pools a budgeted refresh re-encodes first
+        return scores, ids
 
     @torch.no_grad()
     def embeddings(self, rows: torch.Tensor) -> torch.Tensor:

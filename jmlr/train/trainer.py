@@ -595,7 +595,7 @@ def evaluate_joint(retriever, reader, state, doc_texts, corpus, examples, top_k:
                                          progress=False) if batch else None
         if q is None:  # this rank has run out of examples but still joins the collective search
             q = torch.zeros((0, state.dim), dtype=torch.float32, device=getattr(state, "device", "cpu"))
-        _, cand = state.search(q.float(), kmax)  # (b, kmax)
+        _, cand = state.search(q.float(), kmax, report=False)  # (b, kmax); eval pools do not steer refresh
         rows = cand.tolist()
         for i, row in zip(idx, rows):
             ranked[i] = [corpus.ids[j] for j in row]

@@ -1,0 +1,68 @@
+"""benchmarks/index_scale.py in quick mode (tiny N): every kind gets a row with the required fields, the exact
+kinds find the chunked ground truth, and the rows, markdown and plot are written. Also the generator's
+data: chunked, deterministic, clustered (not uniform noise)."""
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[2]
+sys.path.insert(0, str(ROOT))
+
+FIELDS = ("kind", "N", "d", "recall_at_10", "peak_rss_gib", "build_s", "search_s_b1", "search_s_b32")
+
+
+def test_generator_chunks_and_ground_truth(tmp_path):
+    from benchmarks.index_scale import Generator, ground_truth, write_store
+
+    gen = Generator(5000, 32, seed=1)
+    path = tmp_path / "emb.npy"
+    write_store(path, gen, chunk=777)
+    mm = np.load(path, mmap_mode="r")
+    assert mm.shape == (5000, 32) and np.allclose(np.linalg.norm(mm[:50], axis=1), 1, atol=1e-5)
+    assert np.array_equal(mm[:777], gen.chunk(0, 777)), "chunk c depends only on (seed, c)"
+    q, targets = gen.queries(mm, 40)
+    s, i = ground_truth(path, q, 10, chunk=999)  # streamed in chunks that do not divide N
+    full = q @ np.asarray(mm).T
+    assert np.array_equal(i, np.argsort(-full, axis=1)[:, :10])
+    assert np.mean([t in row for t, row in zip(targets, i)]) > 0.4  # near its target (d = 32 here: noisier than 384)
+    pair = float((np.asarray(mm[:1000]) * np.asarray(mm[1000:2000])).sum(1).mean())
+    assert 0.05 < pair < 0.5, "a shared direction and topics, not isotropic noise (pair cosine ~0)"
+
+
+def test_quick_mode_writes_rows_for_every_kind(tmp_path):
+    out = tmp_path / "out"
+    r = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "index_scale.py"), "--quick", "--sizes", "4000",
+                        "--dim", "32", "--queries", "40", "--real-n", "0", "--time-per-shape", "0.05",
+                        "--out", str(out)], capture_output=True, text=True, timeout=900)
+    assert r.returncode == 0, r.stderr[-3000:]
+    res = json.loads((out / "index_scale.json").read_text())
+    from benchmarks.index_scale import KINDS
+
+    got = {(row["kind"], row["N"]) for row in res["rows"]}
+    assert got == {(k, 4000) for k in KINDS}
+    for row in res["rows"]:
+        assert "skipped" not in row, row
+        for f in FIELDS:
+            assert row[f] is not None, (row["kind"], f)
+        assert row["d"] == 32 and row["peak_rss_gib"] > 0 and row["disk_bytes"] > 0
+        if row["kind"] in ("exact_fp32", "faiss_flat_default", "faiss_flat_blas"):
+            assert row["recall_at_10"] == 1.0
+        if row["kind"].startswith("exact_") and row["kind"].endswith("rerank"):
+            assert row["recall_at_10"] >= 0.99 and row["store_is_memmap"]
+    flat = [row for row in res["rows"] if row["kind"] == "faiss_flat_default"]
+    assert all(row["blas_threshold"] == res["faiss_default_blas_threshold"] for row in flat)
+    assert (out / "index_scale.png").stat().st_size > 1000 and "exact_int8_rerank" in (out / "index_scale.md").read_text()
+
+
+def test_kinds_over_the_memory_cap_are_skipped_with_a_reason():
+    from benchmarks.index_scale import estimate_gib, parse_args, run_kind
+
+    args = parse_args(["--out", "unused"])  # default cap: 12 GiB
+    info = {"N": 10_000_000, "d": 384, "data": "synthetic"}
+    assert estimate_gib("exact_int8_rerank", 10_000_000, 384) < 6 < 12 < estimate_gib("exact_fp32", 10_000_000, 384)
+    row = run_kind("exact_fp32", info, args)
+    assert "max-rss-gib" in row["skipped"]
+    assert "hnsw-max-n" in run_kind("faiss_hnsw", {**info, "N": 4_000_000, "d": 32}, args)["skipped"]
