@@ -98,6 +98,8 @@ class IndexConfig:
                                "doc tower, keep K (0 = off)")
     sample_m: int = _f(0, "m < K: sample m of the K candidates from softmax(s) per step as JMLR does (0 = off)")
     storage: str = _f("fp32", "stored embedding precision for the exact index: fp32, fp16, bf16, int8")
+    embedding_cache: bool = _f(False, "reuse the initial corpus embeddings from $JMLR_CACHE/embeddings when the doc "
+                                      "tower, corpus and precision are the same (the first run writes them)")
     params: dict = _f({}, "faiss parameters: nlist, pq_m, hnsw_m, ef_construction (building), nprobe, efSearch "
                           "(searching) or any faiss ParameterSpace name, e.g. {nprobe: 64}")
 
@@ -132,6 +134,8 @@ class OptimConfig:
     batch_size: int = _f(4, "questions per micro-batch")
     grad_accum: int = _f(1, "micro-batches per optimizer step")
     warmup_steps: int = _f(10, "linear warmup steps")
+    max_time_s: float = _f(0.0, "stop training before a step would end past this many seconds of the training loop "
+                                "(0 = no limit), like Lightning's max_time; the schedule stays planned for optim.steps")
     schedule: str = _f("linear", "learning-rate schedule after warmup: linear, cosine or constant")
     nonfinite: str = _f("skip", "a step whose loss or gradient is NaN/inf: skip it (no update, counted and logged), "
                                 "raise at once, or ignore (apply it anyway)")
@@ -370,6 +374,7 @@ _BOUNDS = {
     "loss.reader_temperature": (0, False),
     "optim.steps": (1, True), "optim.batch_size": (1, True), "optim.grad_accum": (1, True),
     "optim.warmup_steps": (0, True), "optim.max_grad_norm": (0, True), "optim.weight_decay": (0, True),
+    "optim.max_time_s": (0, True),
     "optim.max_nonfinite_skips": (0, True),
 }
 

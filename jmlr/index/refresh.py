@@ -282,7 +282,7 @@ class AsyncRefresher:
                  autocast_dtype: Any = None, probe_size: int = 256, probe_k: int = 10,
                  probe_queries: Sequence[str] | None = None, seed: int = 0, index=None, start_step: int = 0,
                  progress: bool = False, budget: float | int | None = None, full_every: int = 0,
-                 neighbours: int = 4, coverage: float = 0.2):
+                 neighbours: int = 4, coverage: float = 0.2, embedding_cache=None):
         import torch
 
         if worker not in ("thread", "process"):
@@ -334,8 +334,10 @@ class AsyncRefresher:
         self._warned_frozen = False
 
         t0 = time.perf_counter()
+        self.initial_from_cache = False
+        self.full_encode_s: float | None = None  # one full encode of this corpus (measured, or as the cache recorded)
         if index is None:
-            emb = self._encode_here()
+            emb = self._initial_embeddings(embedding_cache)
             index = self._build(emb, version=0, fingerprint=self._snapshot_fingerprint())
             self._probe_emb = emb[self.probe_rows].clone()
             if self.budget is not None:
@@ -485,6 +487,7 @@ class AsyncRefresher:
             "worker": self.worker,
             "worker_threads": self.worker_threads,
             "initial_build_s": self.initial_build_s,
+            "initial_from_cache": self.initial_from_cache,
             "stall_s": stall,
             "stall_s_total": float(sum(stall)),
             "stall_s_mean": float(np.mean(stall)) if stall else 0.0,
@@ -537,6 +540,26 @@ class AsyncRefresher:
         from jmlr.core.precision import autocast
 
         return autocast(self.autocast_dtype, self._snap.doc_model)
+
+    def _initial_embeddings(self, cache):
+        """Version 0's ``(n, d)`` embeddings: from ``cache`` (an :class:`~jmlr.index.embedding_cache.EmbeddingCache`)
+        when it holds this doc tower's vectors of this corpus at this dtype, else encoded here (and stored)."""
+        if cache is None:
+            t0 = time.perf_counter()
+            emb = self._encode_here()
+            self.full_encode_s = time.perf_counter() - t0
+            return emb
+        key = cache.key(self._snapshot_fingerprint(), self.corpus_fingerprint, self.autocast_dtype)
+        emb = cache.get(key, rows=len(self.ids))
+        if emb is not None:
+            self.initial_from_cache = True
+            self.full_encode_s = (cache.meta(key) or {}).get("encode_s")
+            return emb
+        t0 = time.perf_counter()
+        emb = self._encode_here()
+        self.full_encode_s = time.perf_counter() - t0
+        cache.put(key, emb, encode_s=self.full_encode_s)
+        return emb
 
     def _encode_here(self, rows=None):
         """Encode the corpus (or the positions ``rows``) with the snapshot in the calling thread."""

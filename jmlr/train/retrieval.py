@@ -38,6 +38,15 @@ def budget_kwargs(cfg) -> dict:
             "coverage": float(cfg.coverage)}
 
 
+def _embedding_cache(ic):
+    """The initial-embeddings cache of ``index.embedding_cache`` (None when off)."""
+    if not ic.embedding_cache:
+        return None
+    from jmlr.index.embedding_cache import EmbeddingCache
+
+    return EmbeddingCache()
+
+
 class RetrievalState:
     """Index + refresher for one training run (see module docstring)."""
 
@@ -76,7 +85,8 @@ class RetrievalState:
         self.refresher = AsyncRefresher(
             self.retriever, (rows, self.doc_texts[self.start:self.end]), policy=self.policy, index_type=ic.type,
             index_kwargs=kwargs, probe_size=self.cfg.refresh.probe_size, seed=self.cfg.seed, index=index,
-            autocast_dtype=self.precision.dtype, progress=self.progress, **budget_kwargs(self.cfg.refresh))
+            autocast_dtype=self.precision.dtype, progress=self.progress, **budget_kwargs(self.cfg.refresh),
+            embedding_cache=_embedding_cache(ic))
 
     def _index_device_kwargs(self, kind: str) -> dict:
         """``device=`` for an exact index off the CPU (on the CPU nothing changes: the rows stay where they are)."""

@@ -23,6 +23,7 @@ from torch import nn
 from jmlr.config import TrainConfig, save_config, to_dict, validate
 from jmlr.core.precision import Precision, resolve_precision
 from jmlr.train import checkpoint as ckpt
+from jmlr.train.budget import TimeBudget, all_ranks_agree
 from jmlr.train.tracking import check_report_to, start_trackers
 
 logger = logging.getLogger(__name__)
@@ -162,6 +163,7 @@ class JointTrainer:
         self.costs = RunCosts()
         self.step = 0
         self.nonfinite_skipped = 0  # optimizer steps dropped by the optim.nonfinite guard
+        self.time_budget: TimeBudget | None = None  # optim.max_time_s (set by train())
         self._nonfinite_run = 0  # of them, in a row up to now
         self._lock = None  # the output_dir writer lock (see claim_run_folder)
         self._trackers = None  # report_to, started in setup (main process)
@@ -281,7 +283,14 @@ class JointTrainer:
         bar = tqdm(total=cfg.optim.steps, initial=self.step, desc=f"joint [{self.precision.name}]",
                    disable=not (self.progress and self.is_main), dynamic_ncols=True)
         last_acc = None
+        budget = self.time_budget = TimeBudget(cfg.optim.max_time_s)
+        budget.begin()
         while self.step < cfg.optim.steps:
+            if budget.limit and not all_ranks_agree(budget.allows_next(self.costs.step_times), self.device):
+                budget.stopped_at = self.step  # optim.max_time_s: the next step would end past the budget
+                logger.warning("optim.max_time_s=%g: stopping after step %d of %d (%.0f s spent)", budget.limit,
+                               self.step, cfg.optim.steps, budget.elapsed())
+                break
             t0 = time.perf_counter()
             loss_value, stats = self.train_step()  # one optimizer step (grad_accum micro-batches)
             self.step += 1
@@ -496,6 +505,7 @@ class JointTrainer:
                     "history": json.dumps(self.history),
                     "config": json.dumps(to_dict(self.cfg)),
                     "nonfinite_skipped": self.nonfinite_skipped,
+            "time_budget": self.time_budget.as_dict(self.cfg.optim.steps) if self.time_budget else None,
                 })
                 ckpt.write_manifest(tmp, self.step)
         except (OSError, RuntimeError) as e:
@@ -552,6 +562,7 @@ class JointTrainer:
             "evals": self.evals,
             "precision": self.precision.as_dict(),
             "nonfinite_skipped": self.nonfinite_skipped,
+            "time_budget": self.time_budget.as_dict(self.cfg.optim.steps) if self.time_budget else None,
             "costs": self.costs.summary(self.n_reader_params, self.n_retriever_params, self.retrieval.stats(),
                                         retriever_trains=not self.cfg.retriever.frozen),
         }
