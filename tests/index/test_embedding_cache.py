@@ -107,7 +107,11 @@ def trainer(out, enc_dir, reader_dir, corpus):
 
 
 def test_trainer_uses_the_cache_under_jmlr_cache(tmp_path, tiny_encoder_dir, tiny_reader_dir, corpus, monkeypatch):
-    monkeypatch.setenv("JMLR_CACHE", str(tmp_path / "cache"))
+    import jmlr.index.embedding_cache as ec
+
+    # the default folder is $JMLR_CACHE/embeddings; only it moves (a fresh JMLR_CACHE would recompile the kernels)
+    monkeypatch.setattr(ec, "default_folder", lambda: tmp_path / "cache" / "embeddings")
+    assert ec.EmbeddingCache().folder == tmp_path / "cache" / "embeddings"
     a = trainer(tmp_path / "a", tiny_encoder_dir, tiny_reader_dir, corpus)
     a.setup()
     assert not a.retrieval.refresher.initial_from_cache
