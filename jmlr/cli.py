@@ -9,7 +9,7 @@ from pathlib import Path
 
 EPILOG = """examples:
   jmlr demo --quick                          joint training on the bundled demo data, offline
-  jmlr train --config examples/configs/demo.yaml optim.steps=50 loss.name=jmlr_rank
+  jmlr train --config jmlr/configs/demo_full.yaml optim.steps=50 loss.name=jmlr_rank
   jmlr eval --run runs/demo/joint --data test.jsonl --format medqa [--no-retrieval]
   jmlr index build --corpus corpus.jsonl --encoder minilm --out idx/ --type hnsw
   jmlr index search --index idx/ --query "first-line drug for ..." -k 5

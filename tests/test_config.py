@@ -73,7 +73,8 @@ def test_every_key_has_help():
 
 
 def test_every_shipped_yaml_loads():
-    files = sorted(list((ROOT / "examples").rglob("*.yaml")) + list((ROOT / "configs").rglob("*.yaml")))
+    files = sorted(list((ROOT / "examples").rglob("*.yaml")) + list((ROOT / "configs").rglob("*.yaml")) + \
+        list((ROOT / "jmlr" / "configs").rglob("*.yaml")))
     if not files:
         pytest.skip("no YAML configs shipped yet under examples/ or configs/")
     for f in files:

@@ -12,8 +12,8 @@ def add_cli(subparsers) -> None:
         "train", help="joint retriever+reader training from a YAML config",
         formatter_class=argparse.RawDescriptionHelpFormatter,
         epilog="examples:\n"
-               "  jmlr train --config examples/configs/demo.yaml\n"
-               "  jmlr train --config examples/configs/demo.yaml optim.steps=50 loss.name=jmlr_rank\n"
+               "  jmlr train --config jmlr/configs/demo_full.yaml\n"
+               "  jmlr train --config jmlr/configs/demo_full.yaml optim.steps=50 loss.name=jmlr_rank\n"
                "  jmlr train data.format=medqa data.train=train.jsonl data.dev=dev.jsonl data.corpus=corpus.jsonl\n"
                "  jmlr train --config run.yaml resume=latest\n\n"
                "config keys (key  default  help):\n" + describe())
