@@ -59,7 +59,7 @@ def add_cli(subparsers) -> None:
 def _runner(name: str):
     def run(args) -> int:
         from . import STAGE_CONFIGS, STAGE_RUNNERS
-        from .common import load_stage_config
+        from .config import load_stage_config
 
         cfg = load_stage_config(STAGE_CONFIGS[name], args.config, args.overrides)
         summary = STAGE_RUNNERS[name](cfg, progress=not args.no_progress)

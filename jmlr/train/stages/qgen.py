@@ -47,8 +47,10 @@ from typing import Any
 from jmlr.config import _f
 from jmlr.data.types import Passage, QAExample
 
-from .common import Counts, StageModelConfig, load_reader, resolve_corpus, seed_everything, write_json_atomic
-from .common import holds_run_folder
+from .config import StageModelConfig
+from .counters import Counts
+from .data_io import load_reader, resolve_corpus, seed_everything, write_json_atomic
+from .engine import holds_run_folder
 
 __all__ = ["QGenConfig", "QGenDataConfig", "REJECTION_REASONS", "QGEN_INSTRUCTION", "ParsedMCQ", "parse_mcq",
            "validate_mcq", "answer_support", "copy_ratio", "qgen_prompt", "QGenResult", "generate_questions",
@@ -420,7 +422,7 @@ def run_qgen(cfg: QGenConfig, reader=None, passages: Sequence[Passage] | None = 
 
     from jmlr.data import save_qa
 
-    from .common import save_stage_config
+    from .config import save_stage_config
 
     t0 = time.perf_counter()
     seed_everything(cfg.seed)
