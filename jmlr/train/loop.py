@@ -48,12 +48,16 @@ def is_main_rank() -> bool:
     return int(os.environ.get("RANK", "0")) == 0
 
 
-def make_accelerator(find_unused_parameters: bool = False):
-    """An ``Accelerator`` on CUDA when there is one, else on the CPU (gloo DDP under torchrun)."""
+def make_accelerator(find_unused_parameters: bool = False, device_placement: bool = True):
+    """An ``Accelerator`` on CUDA when there is one, else on the CPU (gloo DDP under torchrun).
+
+    ``device_placement=False`` leaves the model where its loader put it (each rank's own GPU, or a CPU model a
+    caller passed in); the loop then moves the batches to the model's device.
+    """
     from accelerate import Accelerator
     from accelerate.utils import DistributedDataParallelKwargs
 
-    return Accelerator(cpu=not torch.cuda.is_available(),
+    return Accelerator(cpu=not torch.cuda.is_available(), device_placement=device_placement,
                        kwargs_handlers=[DistributedDataParallelKwargs(find_unused_parameters=find_unused_parameters)])
 
 
@@ -116,8 +120,10 @@ def reduce_sum(acc, values: Sequence[float]) -> list[float]:
     return t.tolist()
 
 
-def accumulate_step(acc, module, micro: Sequence[MicroBatch], autocast) -> StepResult:
+def accumulate_step(acc, module, micro: Sequence[MicroBatch], autocast, device=None) -> StepResult:
     """Forward and backward every micro-batch of one optimizer step (the caller steps the optimizer).
+
+    The batches go to ``device`` (default: the accelerator's).
 
     The gradient is that of ``sum(loss over all ranks and micro-batches) / global units``: each rank scales its
     summed loss by ``world / global units`` because DDP averages the gradients over the ranks. Gradients are
@@ -129,7 +135,7 @@ def accumulate_step(acc, module, micro: Sequence[MicroBatch], autocast) -> StepR
     loss_local, tokens_local = 0.0, 0
     stats_local: dict[str, float] = {}
     for i, mb in enumerate(micro):
-        tensors = {k: (v.to(acc.device) if hasattr(v, "to") else v) for k, v in mb.tensors.items()}
+        tensors = {k: (v.to(device or acc.device) if hasattr(v, "to") else v) for k, v in mb.tensors.items()}
         sync = acc.no_sync(module) if i < len(micro) - 1 and world > 1 else nullcontext()
         with sync:
             with autocast:

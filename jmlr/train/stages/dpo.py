@@ -296,7 +296,7 @@ def run_dpo(cfg: DPOConfig, reader=None, pairs: Sequence[PreferencePair] | None 
     if not enc:
         raise ValueError(f"no preference pair fits in max_length={reader.max_length}")
     pad = reader.tokenizer.pad_token_id if reader.tokenizer.pad_token_id is not None else 0
-    acc = make_accelerator()
+    acc = make_accelerator(device_placement=False)
     schedule = _schedule(len(enc), cfg, acc.num_processes)
     shared_prefix = cfg.shared_prefix and supports_packing(reader.model)
 

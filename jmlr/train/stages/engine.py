@@ -189,7 +189,7 @@ def train_loop(cfg, run: StageRun, progress: bool = True, save: bool = True) -> 
     check_optim(ocfg)
     t_start = time.perf_counter()
     out = Path(cfg.output_dir)
-    acc = run.accelerator if run.accelerator is not None else make_accelerator()
+    acc = run.accelerator if run.accelerator is not None else make_accelerator(device_placement=False)
     rank, world, main = acc.process_index, acc.num_processes, acc.is_main_process
     model = run.reader.model
     params = [p for p in model.parameters() if p.requires_grad]
@@ -199,9 +199,10 @@ def train_loop(cfg, run: StageRun, progress: bool = True, save: bool = True) -> 
     n_trainable = sum(p.numel() for p in params)
     optim = torch.optim.AdamW(params, lr=ocfg.lr, weight_decay=ocfg.weight_decay)
     sched = _scheduler(optim, ocfg)
-    module, optim = acc.prepare(LossModule(model, run.loss_fn), optim)
-    precision = resolve_precision(ocfg.precision, acc.device)
-    autocast = precision.autocast(acc.device)
+    module, optim = acc.prepare(LossModule(model, run.loss_fn), optim)  # the model stays on its device
+    device = next(model.parameters()).device
+    precision = resolve_precision(ocfg.precision, device)
+    autocast = precision.autocast(device)
 
     step, k, tokens, units, train_s, epoch, losses = 0, 0, 0, 0, 0.0, 0.0, []
     resumed = find_resume(out, getattr(cfg, "resume", ""))
@@ -231,7 +232,7 @@ def train_loop(cfg, run: StageRun, progress: bool = True, save: bool = True) -> 
                 break
             k += len(micro)
             t0 = time.perf_counter()
-            res = accumulate_step(acc, module, micro, autocast)  # forward + backward of the whole step
+            res = accumulate_step(acc, module, micro, autocast, device)  # forward + backward of the whole step
             grad_norm = None
             if ocfg.max_grad_norm and ocfg.max_grad_norm > 0:
                 grad_norm = float(acc.clip_grad_norm_(params, ocfg.max_grad_norm))
