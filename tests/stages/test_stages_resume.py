@@ -109,3 +109,36 @@ def test_fresh_runs_append_to_the_log(tiny_reader_dir, tmp_path, capsys):
         assert rc == 0, err
     rows = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()]
     assert [r["step"] for r in rows] == [1, 1]  # the earlier run's row is kept
+
+
+def test_pretrain_resume_reads_the_packed_stream_on(tiny_reader_dir, corpus, tmp_path, monkeypatch):
+    """The packed stream has no random access: a resumed run re-reads it up to its checkpoint's position."""
+    import jmlr.train.loop as loop
+    from jmlr.reader import Reader
+    from jmlr.train.stages import PretrainConfig, run_pretrain
+
+    def cfg(name, **kw):
+        c = PretrainConfig(output_dir=str(tmp_path / name), checkpoint_every=2, **kw)
+        c.data.window, c.data.shuffle = 16, True  # 2 texts: an epoch every few windows, reshuffled
+        c.optim.steps, c.optim.batch_size, c.optim.lr, c.optim.precision = 5, 2, 1e-2, "fp32"
+        return c
+
+    texts = corpus.texts()[:2]
+    full = run_pretrain(cfg("full"), reader=Reader.from_pretrained(tiny_reader_dir), texts=texts, progress=False)
+    assert full["epochs"] > 1 and len(set(full["losses"])) == 5
+    real, calls = loop.accumulate_step, []
+
+    def dies_at_step_4(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == 4:
+            raise _Killed
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(loop, "accumulate_step", dies_at_step_4)
+    with pytest.raises(_Killed):
+        run_pretrain(cfg("run"), reader=Reader.from_pretrained(tiny_reader_dir), texts=texts, progress=False)
+    monkeypatch.setattr(loop, "accumulate_step", real)
+    resumed = run_pretrain(cfg("run", resume="latest"), reader=Reader.from_pretrained(tiny_reader_dir), texts=texts,
+                           progress=False)
+    assert resumed["resumed_from"].endswith("step-2")
+    assert resumed["losses"] == full["losses"] and resumed["epochs"] == full["epochs"]
