@@ -15,11 +15,13 @@ from jmlr.reader import Reader
 from jmlr.train.stages import DPOConfig, PreferencePair, SFTConfig, SFTExample, run_dpo, run_sft
 
 
-# responses of very different lengths: each rank holds a different number of loss tokens
+# responses of very different lengths: each rank holds a different number of loss tokens; five examples in
+# batches of 4: step 2 holds one, and one rank has nothing (it runs a zero-weight pass)
 SFT = [SFTExample("Question: one?\nAnswer:", " a", "a"),
        SFTExample("Question: two?\nAnswer:", " a much longer answer with many more tokens in it than the others", "b"),
        SFTExample("Question: three?\nAnswer:", " medium length answer", "c"),
-       SFTExample("Question: four, a longer question?\nAnswer:", " no", "d")]
+       SFTExample("Question: four, a longer question?\nAnswer:", " no", "d"),
+       SFTExample("Question: five?\nAnswer:", " the fifth answer", "e")]
 # three pairs on two ranks: shards of 2 and 1
 DPO = [PreferencePair("Is drug X safe in pregnancy?", "No, avoid it.", "Yes, always.", "a"),
        PreferencePair("Dose of drug Y?", "10 mg daily.", "A whole bottle.", "b"),
@@ -50,7 +52,7 @@ def run_all(reader_dir: str, out: Path, sft_batch: int, dpo_batch: int) -> dict:
     res = {}
     r = Reader.from_pretrained(reader_dir, max_length=128)
     cfg = SFTConfig(output_dir=str(out / f"sft-w{world}"), checkpoint_every=1)
-    optim(cfg, sft_batch, steps=1, lr=1e-3)
+    optim(cfg, sft_batch, steps=2, lr=1e-3)
     res["sft"] = result(run_sft(cfg, reader=r, examples=SFT, progress=False))
 
     r = Reader.from_pretrained(reader_dir, max_length=128)

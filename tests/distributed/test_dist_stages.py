@@ -1,6 +1,6 @@
-"""One SFT step and two DPO steps on 2 torchrun ranks (gloo, DDP) equal the single-process steps on the same
-global batch: 1 x batch 4 against 2 x batch 2 for SFT (the ranks hold different numbers of loss tokens), and
-3 pairs for DPO (shards of 2 and 1). Losses and gradient norms of every step are compared; weights after the
+"""Two SFT steps and two DPO steps on 2 torchrun ranks (gloo, DDP) equal the single-process steps on the same
+global batch: 1 x batch 4 against 2 x batch 2 for SFT (the ranks hold different numbers of loss tokens; the
+second step holds one example, so one rank runs a zero-weight pass), and 3 pairs for DPO (shards of 2 and 1). Losses and gradient norms of every step are compared; weights after the
 first step (from its checkpoint: later Adam steps amplify last-bit differences of near-zero gradients)."""
 import importlib.util
 import os
