@@ -67,8 +67,9 @@ class StageRunConfig:
                                   "last one; 0 = none")
     resume: str = _f("", "continue a run: latest (the newest good checkpoint in output_dir/checkpoints) or a "
                          "checkpoint folder; '' = a fresh run")
-    overwrite: bool = _f(False, "let a fresh run replace an earlier run's checkpoints, metrics and summary in "
-                                "output_dir (refused otherwise)")
+    overwrite: bool = _f(False, "a fresh run first removes an earlier run's checkpoints, metrics, summary and "
+                                "model from output_dir (without it a folder holding checkpoints is refused, and "
+                                "metrics.jsonl is appended to)")
 
 
 def check_optim(cfg: StageOptimConfig) -> None:

@@ -99,16 +99,19 @@ def _claim(cfg, out: Path) -> None:
         if step is not None:
             _steps_left(step, cfg, folder)
         return
-    if not ckpt.list_checkpoints(out) or not hasattr(cfg, "resume"):
+    if not hasattr(cfg, "resume"):
         return
     if not cfg.overwrite:
-        raise FileExistsError(f"output_dir {out} holds checkpoints of an earlier run; pass resume=latest to continue "
-                              "it, overwrite=true to replace it, or choose another output_dir")
+        if ckpt.list_checkpoints(out):
+            raise FileExistsError(f"output_dir {out} holds checkpoints of an earlier run; pass resume=latest to "
+                                  "continue it, overwrite=true to replace it, or choose another output_dir")
+        return  # a fresh run appends to the folder's metrics log
     removed = [n for n in RUN_OUTPUTS if (out / n).exists()]
     for name in removed:
         p = out / name
         shutil.rmtree(p) if p.is_dir() and not p.is_symlink() else p.unlink()
-    logger.warning("overwrite=true: removed the earlier run's %s from %s", ", ".join(removed), out)
+    if removed:
+        logger.warning("overwrite=true: removed the earlier run's %s from %s", ", ".join(removed), out)
 
 
 def holds_run_folder(run: Callable) -> Callable:
@@ -210,12 +213,15 @@ def train_loop(cfg, run: StageRun, progress: bool = True, save: bool = True) -> 
         state = load_checkpoint(resumed, model, optim, sched)
         _steps_left(int(state["step"]), cfg, resumed)
         loop = json.loads(state["loop"])
+        if loop.get("world", world) != world:
+            raise ValueError(f"resume={resumed}: the checkpoint was written by {loop['world']} process(es), this run "
+                             f"has {world}; resume with the same number (the global batch is batch_size x ranks)")
         step, k, tokens, units = int(state["step"]), loop["k"], loop["tokens"], loop["units"]
         train_s, epoch, losses = loop["train_s"], loop["epoch"], loop["losses"]
         logger.info("%s: resumed from %s at step %d", run.stage, resumed, step)
 
     def checkpoint() -> None:
-        loop = {"k": k, "tokens": tokens, "units": units, "train_s": train_s, "epoch": epoch, "losses": losses}
+        loop = {"world": world, "k": k, "tokens": tokens, "units": units, "train_s": train_s, "epoch": epoch, "losses": losses}
         save_checkpoint(acc, out / "checkpoints" / f"step-{step}", step, model, optim, sched,
                         {"loop": json.dumps(loop), **run.extra_state})
 
