@@ -9,7 +9,7 @@ import torch
 
 from jmlr.train.stages import DPOConfig, PreferencePair, dpo_loss, load_preferences, run_dpo
 from jmlr.train.stages.dpo import _tensors, encode_pairs
-from jmlr.train.stages.common import sequence_logps
+from jmlr.train.stages.batching import sequence_logps
 
 
 def _formula(pc, pr, rc, rr, beta, eps=0.0):

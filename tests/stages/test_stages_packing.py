@@ -3,7 +3,7 @@ logits are the same packed and unpacked."""
 import pytest
 import torch
 
-from jmlr.train.stages.common import IGNORE_INDEX, sequence_logps
+from jmlr.train.stages.batching import IGNORE_INDEX, sequence_logps
 from jmlr.train.stages.pretrain import (PretrainConfig, _batches, document_attention, pack_documents, pack_windows,
                                         run_pretrain, PackedStream)
 
@@ -77,7 +77,8 @@ def test_packed_loss_is_the_sum_of_per_document_losses(reader):
 def test_batches_mask_document_starts(reader):
     tok = reader.tokenizer
     stream = PackedStream(TEXTS, tok, window=16, sep_id=tok.eos_token_id, shuffle=False)
-    b = next(_batches(stream, 2, tok.eos_token_id, "document"))
+    batches = _batches(stream, 2, "document")
+    b = batches.collate(batches.batch(0)[0])
     ids, pos, lab = b.tensors["input_ids"], b.tensors["position_ids"], b.tensors["labels"]
     assert ids.shape == pos.shape == lab.shape == (2, 16)
     assert ((pos == 0) == (lab == IGNORE_INDEX)).all()

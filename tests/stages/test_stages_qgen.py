@@ -7,7 +7,7 @@ import json
 import pytest
 
 from jmlr.data import Passage, load_qa
-from jmlr.train.stages import QGenConfig, generate_questions, parse_mcq, run_qgen, validate_mcq
+from jmlr.train.stages import QGenConfig, QGenSettings, generate_questions, parse_mcq, run_qgen, validate_mcq
 from jmlr.train.stages.qgen import REJECTION_REASONS, answer_support, copy_ratio
 
 PASSAGE = ("Velcoran is a long-acting calcium channel blocker used for stable angina. The usual adult dose is "
@@ -85,7 +85,7 @@ def test_generate_questions_counts_and_examples():
     class _R:
         template, tokenizer = "jmlr", _Tok()
 
-    res = generate_questions(_R(), passages, per_passage=2, generate_fn=fake_generate, seed=3)
+    res = generate_questions(_R(), passages, QGenSettings(per_passage=2, seed=3), generate_fn=fake_generate)
     assert res.rejected == {"unparsable": 1, "duplicate_options": 0, "answer_not_in_options": 1,
                             "copies_passage": 0, "answer_not_supported": 0, "duplicate_question": 1}
     (ex,) = res.examples

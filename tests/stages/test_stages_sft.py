@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from jmlr.train.stages import SFTConfig, SFTExample, encode_sft, run_sft, sft_examples_from_qa
-from jmlr.train.stages.common import IGNORE_INDEX, right_pad, sequence_logps
+from jmlr.train.stages.batching import IGNORE_INDEX, right_pad, sequence_logps
 from jmlr.train.stages.sft import format_instruction, gold_passages, instruction_examples, load_instructions
 
 

@@ -15,12 +15,15 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from .common import StageModelConfig, StageOptimConfig, load_reader, load_stage_config, sequence_logps, train_loop
+from .batching import sequence_logps
+from .config import StageModelConfig, StageOptimConfig, StageRunConfig, load_stage_config
+from .data_io import load_reader
+from .engine import train_loop
 from .dpo import DPOConfig, PreferencePair, dpo_loss, load_preferences, run_dpo
 from .pretrain import PretrainConfig, pack_windows, qa_to_text, run_pretrain
 from .progressive import (ProgressiveCase, evaluate_progressive, expand_case, expand_cases, load_progressive,
                           progressive_question)
-from .qgen import QGenConfig, QGenResult, generate_questions, parse_mcq, run_qgen, validate_mcq
+from .qgen import QGenConfig, QGenResult, QGenSettings, generate_questions, parse_mcq, run_qgen, validate_mcq
 from .sft import (SFTConfig, SFTExample, encode_sft, format_instruction, instruction_examples, load_instructions,
                   run_sft, sft_examples_from_qa)
 
@@ -45,11 +48,11 @@ def config_class_for_file(path) -> type:
 
 __all__ = [
     "STAGE_CONFIGS", "STAGE_RUNNERS", "config_class_for_file", "load_stage_config", "StageModelConfig",
-    "StageOptimConfig", "load_reader", "sequence_logps", "train_loop",
+    "StageOptimConfig", "StageRunConfig", "load_reader", "sequence_logps", "train_loop",
     "PretrainConfig", "run_pretrain", "pack_windows", "qa_to_text",
     "SFTConfig", "SFTExample", "run_sft", "sft_examples_from_qa", "encode_sft", "load_instructions",
     "instruction_examples", "format_instruction",
-    "QGenConfig", "QGenResult", "run_qgen", "generate_questions", "parse_mcq", "validate_mcq",
+    "QGenConfig", "QGenSettings", "QGenResult", "run_qgen", "generate_questions", "parse_mcq", "validate_mcq",
     "DPOConfig", "PreferencePair", "run_dpo", "dpo_loss", "load_preferences",
     "ProgressiveCase", "load_progressive", "expand_case", "expand_cases", "progressive_question",
     "evaluate_progressive",

@@ -17,7 +17,9 @@ _EXAMPLES = {
     "sft": ["jmlr sft --config configs/stages/sft.yaml",
             "jmlr sft data.qa=train.jsonl data.qa_format=medqa model.model=runs/pretrain/model",
             "jmlr sft data.qa=dev.json data.qa_format=medmcqa data.passages=gold data.corpus=medmcqa_exp.jsonl",
-            "jmlr sft data.qa= data.instructions=instructions.jsonl model.template=chat"],
+            "jmlr sft data.qa= data.instructions=instructions.jsonl model.template=chat",
+            "jmlr sft --config configs/stages/sft.yaml checkpoint_every=50   # then, after a crash: resume=latest",
+            "torchrun --nproc_per_node 2 -m jmlr.cli sft --config configs/stages/sft.yaml   # DDP, batch_size per rank"],
     "qgen": ["jmlr qgen --config configs/stages/qgen.yaml",
              "jmlr qgen data.corpus=corpus.jsonl data.max_passages=500 model.model=runs/sft/model",
              "jmlr sft data.qa=runs/qgen/questions.jsonl   # then train on what it wrote"],
@@ -59,7 +61,7 @@ def add_cli(subparsers) -> None:
 def _runner(name: str):
     def run(args) -> int:
         from . import STAGE_CONFIGS, STAGE_RUNNERS
-        from .common import load_stage_config
+        from .config import load_stage_config
 
         cfg = load_stage_config(STAGE_CONFIGS[name], args.config, args.overrides)
         summary = STAGE_RUNNERS[name](cfg, progress=not args.no_progress)

@@ -30,15 +30,16 @@ from __future__ import annotations
 
 import itertools
 from collections import Counter
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 from jmlr.config import _f
 from jmlr.reader.prefix import PackedBatch, pack_shared_prefix, packed_forward, supports_packing
 
-from .common import (IGNORE_INDEX, StageModelConfig, StageOptimConfig, StepBatch, epoch_batches, iter_json_lines,
-                     load_reader, right_pad, save_stage_config, seed_everything, sequence_logps, train_loop)
-from .common import holds_run_folder
+from .batching import IGNORE_INDEX, ScheduledBatches, StepBatch, epoch_batches, right_pad, sequence_logps
+from .config import StageModelConfig, StageOptimConfig, StageRunConfig, save_stage_config
+from .data_io import iter_json_lines, load_reader, seed_everything
+from .engine import StageRun, holds_run_folder, resume_state, train_loop
 from .sft import EncodedSFT, SFTExample, encode_sft, format_instruction
 
 __all__ = ["DPOConfig", "DPODataConfig", "PreferencePair", "load_preferences", "preferences_from_hf", "dpo_loss",
@@ -60,12 +61,10 @@ class DPODataConfig:
 
 
 @dataclass
-class DPOConfig:
+class DPOConfig(StageRunConfig):
     """``jmlr dpo``: Direct Preference Optimization against a frozen reference."""
 
-    output_dir: str = _f("runs/dpo", "run folder: metrics.jsonl, summary.json, config.yaml, model/")
-    seed: int = _f(0, "random seed")
-    log_every: int = _f(1, "write a metrics row every N steps")
+    output_dir: str = _f("runs/dpo", "run folder: metrics.jsonl, summary.json, config.yaml, model/, checkpoints/")
     beta: float = _f(0.1, "DPO temperature beta: how far the policy may move from the reference")
     label_smoothing: float = _f(0.0, "conservative DPO: probability that a preference label is flipped (0..0.5)")
     ref_model: str = _f("", "reference model (alias/folder); '' = the policy before training")
@@ -221,11 +220,12 @@ def _pair_logps(model, rows: Sequence[EncodedPair], pad_id: int, shared_prefix: 
     return logp[:B], logp[B:], int(t["attention_mask"].sum())
 
 
-def _schedule(n: int, cfg: DPOConfig) -> list[tuple[list[int], float]]:
-    """The exact micro-batches (indices, epoch) the step budget will consume."""
+def _schedule(n: int, cfg: DPOConfig, world: int = 1) -> list[tuple[list[int], float]]:
+    """The exact global micro-batches (indices, epoch) the step budget will consume (``batch_size`` pairs per
+    rank each)."""
     total = cfg.optim.steps * cfg.optim.grad_accum
     out = []
-    for idx, epoch in itertools.islice(epoch_batches(n, cfg.optim.batch_size, cfg.seed), total):
+    for idx, epoch in itertools.islice(epoch_batches(n, cfg.optim.batch_size * world, cfg.seed), total):
         out.append((idx, epoch))
         if cfg.optim.epochs and epoch >= cfg.optim.epochs and len(out) % cfg.optim.grad_accum == 0:
             break
@@ -275,6 +275,7 @@ def run_dpo(cfg: DPOConfig, reader=None, pairs: Sequence[PreferencePair] | None 
     import torch
 
     from jmlr.data.hf import is_hf_dataset
+    from jmlr.train.loop import make_accelerator
 
     seed_everything(cfg.seed)
     if is_hf_dataset(pairs):
@@ -295,10 +296,51 @@ def run_dpo(cfg: DPOConfig, reader=None, pairs: Sequence[PreferencePair] | None 
     if not enc:
         raise ValueError(f"no preference pair fits in max_length={reader.max_length}")
     pad = reader.tokenizer.pad_token_id if reader.tokenizer.pad_token_id is not None else 0
-    schedule = _schedule(len(enc), cfg)
+    acc = make_accelerator(device_placement=False)
+    schedule = _schedule(len(enc), cfg, acc.num_processes)
     shared_prefix = cfg.shared_prefix and supports_packing(reader.model)
 
-    # the frozen reference: log-probs computed once, before the policy moves
+    # the frozen reference: log-probs computed once, before the policy moves (a resumed run reads them back)
+    saved = resume_state(cfg)
+    if saved is not None and "dpo_reference" in saved:
+        ref = {i: (float(c), float(r)) for i, (c, r) in enumerate(saved["dpo_reference"].tolist()) if c == c}
+        ref_tokens, n_params_ref = int(saved["dpo_reference_tokens"]), int(saved["dpo_reference_params"])
+    else:
+        ref, ref_tokens, n_params_ref = _reference(cfg, reader, enc, schedule, pad, shared_prefix, progress)
+    table = torch.full((len(enc), 2), float("nan"), dtype=torch.float64)  # (pairs, 2): NaN = not scheduled
+    for i, (c, r) in ref.items():
+        table[i, 0], table[i, 1] = c, r
+
+    def collate(idx: list[int]) -> StepBatch:
+        rows = [enc[i] for i in idx]
+        n_tok = (sum(len(r.chosen.input_ids) + len(_split(r.rejected)[1]) for r in rows) if shared_prefix
+                 else sum(len(r.chosen.input_ids) + len(r.rejected.input_ids) for r in rows))
+        t = {"rows": idx, "ref_chosen": torch.tensor([ref[i][0] for i in idx]),
+             "ref_rejected": torch.tensor([ref[i][1] for i in idx])}
+        return StepBatch(t, n_units=len(idx), n_tokens=n_tok)
+
+    def loss_fn(model, t: dict):
+        chosen, rejected, _ = _pair_logps(model, [enc[i] for i in t["rows"]], pad, shared_prefix)  # (B,) each
+        losses, rc, rr = dpo_loss(chosen.float(), rejected.float(), t["ref_chosen"], t["ref_rejected"],
+                                  cfg.beta, cfg.label_smoothing)  # (B,)
+        stats = {"reward_acc": float((rc > rr).float().mean()), "reward_margin": float((rc - rr).mean()),
+                 "chosen_reward": float(rc.mean()), "rejected_reward": float(rr.mean())}
+        return losses.sum(), stats
+
+    save_stage_config(cfg, cfg.output_dir)
+    run = StageRun("dpo", reader, ScheduledBatches(schedule, collate), loss_fn,
+                   extra_flops=lambda: 2.0 * n_params_ref * ref_tokens,
+                   extra_summary={"pairs": len(enc), "reference_tokens": ref_tokens, "beta": cfg.beta,
+                                  "reference": cfg.ref_model or "initial policy", **dict(counts)},
+                   extra_state={"dpo_reference": table, "dpo_reference_tokens": ref_tokens,
+                                "dpo_reference_params": n_params_ref},
+                   accelerator=acc)
+    return train_loop(cfg, run, progress=progress)
+
+
+def _reference(cfg: DPOConfig, reader, enc, schedule, pad: int, shared_prefix: bool, progress: bool):
+    """``(reference log-probs {pair: (chosen, rejected)}, tokens read, reference parameters)`` of the frozen
+    reference: ``cfg.ref_model`` (loaded, scored, freed) or the policy as it is now."""
     if cfg.ref_model:
         ref_reader = load_reader(StageModelConfig(model=cfg.ref_model, template=reader.template,
                                                   max_length=reader.max_length, device=str(reader.device),
@@ -314,30 +356,7 @@ def run_dpo(cfg: DPOConfig, reader=None, pairs: Sequence[PreferencePair] | None 
                                        shared_prefix)
     if cfg.ref_model:
         del ref_model, ref_reader
-
-    def batches() -> Iterator[StepBatch]:
-        for idx, epoch in schedule:
-            rows = [enc[i] for i in idx]
-            n_tok = (sum(len(r.chosen.input_ids) + len(_split(r.rejected)[1]) for r in rows) if shared_prefix
-                     else sum(len(r.chosen.input_ids) + len(r.rejected.input_ids) for r in rows))
-            t = {"rows": idx, "ref_chosen": torch.tensor([ref[i][0] for i in idx]),
-                 "ref_rejected": torch.tensor([ref[i][1] for i in idx])}
-            yield StepBatch(t, n_units=len(idx), n_tokens=n_tok, epoch=epoch)
-
-    def loss_fn(model, t: dict):
-        chosen, rejected, _ = _pair_logps(model, [enc[i] for i in t["rows"]], pad, shared_prefix)  # (B,) each
-        losses, rc, rr = dpo_loss(chosen.float(), rejected.float(), t["ref_chosen"], t["ref_rejected"],
-                                  cfg.beta, cfg.label_smoothing)  # (B,)
-        stats = {"reward_acc": float((rc > rr).float().mean()), "reward_margin": float((rc - rr).mean()),
-                 "chosen_reward": float(rc.mean()), "rejected_reward": float(rr.mean())}
-        return losses.sum(), stats
-
-    save_stage_config(cfg, cfg.output_dir)
-    return train_loop(stage="dpo", reader=reader, batches=batches(), loss_fn=loss_fn, optim_cfg=cfg.optim,
-                      output_dir=cfg.output_dir, log_every=cfg.log_every, progress=progress,
-                      extra_flops=lambda: 2.0 * n_params_ref * ref_tokens,
-                      extra_summary={"pairs": len(enc), "reference_tokens": ref_tokens, "beta": cfg.beta,
-                                     "reference": cfg.ref_model or "initial policy", **dict(counts)})
+    return ref, ref_tokens, n_params_ref
 
 
 dpo = run_dpo

@@ -40,9 +40,10 @@ from typing import Any
 
 from jmlr.config import _f
 
-from .common import (StageModelConfig, StageOptimConfig, StepBatch, load_reader, resolve_corpus,
-                     resolve_qa, save_stage_config, seed_everything, train_loop)
-from .common import holds_run_folder
+from .batching import IGNORE_INDEX, StepBatch, StreamBatches, sequence_logps
+from .config import StageModelConfig, StageOptimConfig, StageRunConfig, save_stage_config
+from .data_io import load_reader, resolve_corpus, resolve_qa, seed_everything
+from .engine import StageRun, holds_run_folder, train_loop
 
 __all__ = ["PretrainConfig", "PretrainDataConfig", "pack_windows", "pack_documents", "PackedStream", "qa_to_text",
            "pretrain_texts", "document_attention", "run_pretrain", "pretrain", "PACKINGS"]
@@ -68,12 +69,11 @@ class PretrainDataConfig:
 
 
 @dataclass
-class PretrainConfig:
+class PretrainConfig(StageRunConfig):
     """``jmlr pretrain``: continued pretraining in packed windows."""
 
-    output_dir: str = _f("runs/pretrain", "run folder: metrics.jsonl, summary.json, config.yaml, model/")
-    seed: int = _f(0, "random seed")
-    log_every: int = _f(1, "write a metrics row every N steps")
+    output_dir: str = _f("runs/pretrain", "run folder: metrics.jsonl, summary.json, config.yaml, model/, "
+                                          "checkpoints/")
     model: StageModelConfig = field(default_factory=StageModelConfig, metadata={"help": "the reader to train"})
     data: PretrainDataConfig = field(default_factory=PretrainDataConfig, metadata={"help": "text sources"})
     optim: StageOptimConfig = field(default_factory=lambda: StageOptimConfig(lr=5e-5, warmup_steps=10),
@@ -231,32 +231,35 @@ class PackedStream:
         return pack_documents(self._token_lists(), self.window, self.sep_id)
 
 
-def _batches(stream: PackedStream, batch_size: int, pad_id: int, packing: str = "stream") -> Iterator[StepBatch]:
+def _batches(stream: PackedStream, batch_size: int, packing: str = "stream") -> StreamBatches:
+    """Consecutive windows of the endless stream, ``batch_size`` per rank (all of full length)."""
+    make = (lambda: iter(stream)) if packing == "stream" else stream.documents
+    return StreamBatches(make, batch_size, epoch=lambda: stream.epoch,
+                         collate=_collate_stream if packing == "stream" else _collate_documents)
+
+
+def _collate_stream(rows: list) -> StepBatch:
     import torch
 
-    from .common import IGNORE_INDEX
+    ids = torch.as_tensor(rows, dtype=torch.long)  # (B, window)
+    return StepBatch({"input_ids": ids, "labels": ids.clone()}, n_units=ids.numel() - ids.shape[0],
+                     n_tokens=ids.numel())
 
-    it = iter(stream) if packing == "stream" else stream.documents()
-    while True:
-        rows = [next(it) for _ in range(batch_size)]  # the stream is endless: windows are all full length
-        if packing == "stream":
-            ids = torch.as_tensor(rows, dtype=torch.long)  # (B, window)
-            yield StepBatch({"input_ids": ids, "labels": ids.clone()}, n_units=ids.numel() - ids.shape[0],
-                            n_tokens=ids.numel(), epoch=stream.epoch)
-            continue
-        ids = torch.as_tensor([r[0] for r in rows], dtype=torch.long)  # (B, window)
-        pos = torch.as_tensor([r[1] for r in rows], dtype=torch.long)  # (B, window), 0 where a document starts
-        labels = ids.masked_fill(pos == 0, IGNORE_INDEX)  # a document's first token has nothing to predict it
-        yield StepBatch({"input_ids": ids, "labels": labels, "position_ids": pos},
-                        n_units=int((labels[:, 1:] != IGNORE_INDEX).sum()), n_tokens=ids.numel(), epoch=stream.epoch)
+
+def _collate_documents(rows: list) -> StepBatch:
+    import torch
+
+    ids = torch.as_tensor([r[0] for r in rows], dtype=torch.long)  # (B, window)
+    pos = torch.as_tensor([r[1] for r in rows], dtype=torch.long)  # (B, window), 0 where a document starts
+    labels = ids.masked_fill(pos == 0, IGNORE_INDEX)  # a document's first token has nothing to predict it
+    return StepBatch({"input_ids": ids, "labels": labels, "position_ids": pos},
+                     n_units=int((labels[:, 1:] != IGNORE_INDEX).sum()), n_tokens=ids.numel())
 
 
 def _lm_loss(model, t: dict):
     """Summed next-token loss over the labelled positions of the packed windows (every position for stream
     packing; within each document for document packing)."""
     import torch
-
-    from .common import sequence_logps
 
     ids = t["input_ids"]  # (B, window), no padding
     if "position_ids" in t:
@@ -303,11 +306,10 @@ def run_pretrain(cfg: PretrainConfig, reader=None, texts: Sequence[str] | Any = 
     stream = PackedStream(texts, tok, cfg.data.window, sep, seed=cfg.seed, shuffle=cfg.data.shuffle,
                           chunk=cfg.data.tokenize_chunk)
     save_stage_config(cfg, cfg.output_dir)
-    return train_loop(stage="pretrain", reader=reader,
-                      batches=_batches(stream, cfg.optim.batch_size, sep, cfg.data.packing),
-                      loss_fn=_lm_loss, optim_cfg=cfg.optim, output_dir=cfg.output_dir, log_every=cfg.log_every,
-                      progress=progress, extra_summary={"texts": len(texts), "window": cfg.data.window,
-                                                        "separator_id": int(sep), "packing": cfg.data.packing})
+    run = StageRun("pretrain", reader, _batches(stream, cfg.optim.batch_size, cfg.data.packing), _lm_loss,
+                   extra_summary={"texts": len(texts), "window": cfg.data.window, "separator_id": int(sep),
+                                  "packing": cfg.data.packing})
+    return train_loop(cfg, run, progress=progress)
 
 
 pretrain = run_pretrain

@@ -36,9 +36,7 @@ from __future__ import annotations
 
 import json
 import random
-import re
 import time
-import unicodedata
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -47,16 +45,16 @@ from typing import Any
 from jmlr.config import _f
 from jmlr.data.types import Passage, QAExample
 
-from .common import Counts, StageModelConfig, load_reader, resolve_corpus, seed_everything, write_json_atomic
-from .common import holds_run_folder
+from .config import StageModelConfig
+from .counters import Counts
+from .data_io import load_reader, resolve_corpus, seed_everything, write_json_atomic
+from .engine import holds_run_folder
+from .qgen_parse import LETTERS, ParsedMCQ, parse_mcq
+from .qgen_validate import REJECTION_REASONS, _norm, answer_support, copy_ratio, validate_mcq
 
-__all__ = ["QGenConfig", "QGenDataConfig", "REJECTION_REASONS", "QGEN_INSTRUCTION", "ParsedMCQ", "parse_mcq",
-           "validate_mcq", "answer_support", "copy_ratio", "qgen_prompt", "QGenResult", "generate_questions",
-           "run_qgen", "qgen"]
-
-REJECTION_REASONS = ("unparsable", "duplicate_options", "answer_not_in_options", "copies_passage",
-                     "answer_not_supported", "duplicate_question")
-LETTERS = ("A", "B", "C", "D")
+__all__ = ["QGenSettings", "QGenConfig", "QGenDataConfig", "REJECTION_REASONS", "QGEN_INSTRUCTION", "ParsedMCQ",
+           "parse_mcq", "validate_mcq", "answer_support", "copy_ratio", "qgen_prompt", "QGenResult",
+           "generate_questions", "run_qgen", "qgen"]
 
 QGEN_INSTRUCTION = (
     "Write one multiple-choice question that tests a fact stated in the passage. Give four options, A to D, "
@@ -84,14 +82,11 @@ class QGenDataConfig:
 
 
 @dataclass
-class QGenConfig:
-    """``jmlr qgen``: generate, validate and filter MCQs from corpus passages."""
+class QGenSettings:
+    """How :func:`generate_questions` writes and filters: decoding, the thresholds of :func:`validate_mcq`,
+    option shuffling and the seed. :class:`QGenConfig` holds these keys at its top level."""
 
-    output_dir: str = _f("runs/qgen", "run folder: questions.jsonl, rejected.jsonl, summary.json, config.yaml")
     seed: int = _f(0, "random seed (passage sample, option shuffle, sampling)")
-    model: StageModelConfig = field(default_factory=lambda: StageModelConfig(max_length=1024),
-                                    metadata={"help": "the LM that writes the questions"})
-    data: QGenDataConfig = field(default_factory=QGenDataConfig, metadata={"help": "passages"})
     per_passage: int = _f(1, "generations per passage (>1 needs do_sample=true to differ)")
     max_new_tokens: int = _f(160, "max new tokens per generation")
     batch_size: int = _f(8, "prompts per generate call")
@@ -102,191 +97,18 @@ class QGenConfig:
     min_support: float = _f(0.5, "min fraction of the answer's content words found in the passage")
     max_copy: float = _f(0.8, "reject a question when a run of its words this large a fraction of it is copied")
     shuffle_options: bool = _f(True, "shuffle the options of accepted questions (seeded)")
+
+
+@dataclass
+class QGenConfig(QGenSettings):
+    """``jmlr qgen``: generate, validate and filter MCQs from corpus passages."""
+
+    output_dir: str = _f("runs/qgen", "run folder: questions.jsonl, rejected.jsonl, summary.json, config.yaml")
+    model: StageModelConfig = field(default_factory=lambda: StageModelConfig(max_length=1024),
+                                    metadata={"help": "the LM that writes the questions"})
+    data: QGenDataConfig = field(default_factory=QGenDataConfig, metadata={"help": "passages"})
     precision: str = _f("auto", "autocast precision during generation: auto (bf16 only where native), fp32, "
                                 "bf16 or fp16")
-
-
-# ------------------------------------------------------------------------------------------ parsing
-@dataclass
-class ParsedMCQ:
-    """A generation parsed into its parts (not yet validated)."""
-
-    question: str
-    options: dict[str, str]
-    answer_raw: str
-
-
-_Q = re.compile(r"^\s*(?:\*\*)?(?:question|q)\s*(?:\d+)?\s*[:.)]\s*(?:\*\*)?\s*(.*)$", re.IGNORECASE)
-_OPT = re.compile(r"^\s*(?:\*\*)?[\(\[]?([A-Za-z])(?:[\)\]]|\s*[.:)])(?:\*\*)?\s*(.*)$")
-_OPTIONS_HEADER = re.compile(r"^\s*(?:\*\*)?(?:options|choices)\s*:?\s*(?:\*\*)?\s*$", re.IGNORECASE)
-_ANS = re.compile(r"^\s*(?:\*\*)?(?:correct\s+|final\s+)?answer(?:\s+is)?\s*[:\-]?(?:\*\*)?\s*(.*)$", re.IGNORECASE)
-
-
-def parse_mcq(text: str, assume_question: bool = False) -> ParsedMCQ | None:
-    """Parse ``Question: ... / A. .. D. ... / Answer: X`` (``None`` if the text does not follow the format).
-
-    Lenient on what models vary (a preamble before ``Question:``, ``A)``, ``(A)``, ``A:``, ``**Answer:** B``,
-    blank lines, a question spread over several lines) and strict on the substance: the question is non-empty, the options are exactly
-    A, B, C, D in that order, each non-empty, and an ``Answer`` line follows them. Text after the answer
-    line is ignored.
-
-    Args:
-        text: the generation.
-        assume_question: the prompt already ended with ``Question:``, so the text starts with the question.
-    """
-    if not isinstance(text, str):
-        return None
-    lines = [ln.rstrip() for ln in text.replace("\r\n", "\n").split("\n")]
-    i, n = 0, len(lines)
-    q_parts: list[str] = []
-    if assume_question:
-        lines[0] = "Question: " + lines[0] if lines else "Question:"
-    while i < n and not _Q.match(lines[i]):  # skip a preamble ("Here is a question:")
-        i += 1
-    if i >= n:
-        return None
-    m = _Q.match(lines[i])
-    if m.group(1).strip():
-        q_parts.append(m.group(1).strip())
-    i += 1
-    while i < n and not _OPT.match(lines[i]) and not _ANS.match(lines[i]):
-        if lines[i].strip():
-            q_parts.append(lines[i].strip())
-        i += 1
-    options: dict[str, str] = {}
-    while i < n:
-        ln = lines[i]
-        if not ln.strip():
-            i += 1
-            continue
-        if _ANS.match(ln):
-            break
-        if not options and _OPTIONS_HEADER.match(ln):  # "Options:" before the first option
-            i += 1
-            continue
-        m = _OPT.match(ln)
-        if len(options) == 4:  # after D: a fifth option is an error; other text (an explanation) is skipped
-            if m and m.group(1).upper() == "E":
-                return None
-            i += 1
-            continue
-        if not m or m.group(1).upper() != LETTERS[len(options)]:
-            if options and not m:  # a wrapped line of the previous option
-                last = list(options)[-1]
-                options[last] = (options[last] + " " + ln.strip()).strip()
-                i += 1
-                continue
-            return None  # options out of order, a fifth letter, or text where options should be
-        options[m.group(1).upper()] = m.group(2).strip()
-        i += 1
-    question = " ".join(q_parts).strip()
-    if not question or len(options) != 4 or any(not v for v in options.values()) or i >= n:
-        return None
-    m = _ANS.match(lines[i])
-    if not m:
-        return None
-    answer_raw = m.group(1).strip()
-    if not answer_raw and i + 1 < n:
-        answer_raw = lines[i + 1].strip()
-    if not answer_raw:
-        return None
-    return ParsedMCQ(question=question, options=options, answer_raw=answer_raw)
-
-
-def _resolve_answer(answer_raw: str, options: dict[str, str]) -> str | None:
-    """The option letter the answer line names (letter or option text), else ``None``."""
-    from jmlr.reader.parse import parse_answer
-
-    m = re.match(r"^[\(\[]?([A-Za-z])[\)\]]?(?:[.:)]|\s|$)", answer_raw.strip())
-    if m and (len(answer_raw.strip()) == 1 or not answer_raw.strip()[1:2].isalpha()):
-        letter = m.group(1).upper()
-        return letter if letter in options else None
-    return parse_answer(answer_raw, options)
-
-
-# ------------------------------------------------------------------------------------------ validation
-_STOP = frozenset("""a an the of in on at to for from by with without and or but not no nor is are was were be been
-being it its this that these those as than then which who whom whose what when where why how do does did done
-has have had having can could may might must shall should will would very more most less least such same other
-into onto over under after before about above below between during per via each any all both either neither
-only also there their they them he she his her him i we you your our us one""".split())
-_CJK = re.compile(r"[\u3040-\u30ff\u3400-\u4dbf\u4e00-\u9fff\uac00-\ud7af\uf900-\ufaff]")
-_WORD = re.compile(r"\w+")
-
-
-def _tokens(text: str) -> list[str]:
-    """NFKC + casefold word tokens; CJK characters are tokens of their own (no spaces to split on)."""
-    out = []
-    for w in _WORD.findall(unicodedata.normalize("NFKC", text).casefold()):
-        if _CJK.search(w):
-            buf = ""
-            for ch in w:
-                if _CJK.match(ch):
-                    if buf:
-                        out.append(buf)
-                        buf = ""
-                    out.append(ch)
-                else:
-                    buf += ch
-            if buf:
-                out.append(buf)
-        else:
-            out.append(w)
-    return out
-
-
-def _norm(text: str) -> str:
-    return " ".join(_tokens(text))
-
-
-def answer_support(answer_text: str, passage: str) -> float:
-    """Fraction of the answer's content tokens (stopwords dropped, unless nothing else is left) found in the
-    passage; 0.0 for an answer with no tokens."""
-    toks = _tokens(answer_text)
-    content = [t for t in toks if t not in _STOP] or toks
-    if not content:
-        return 0.0
-    have = set(_tokens(passage))
-    return sum(t in have for t in content) / len(content)
-
-
-def copy_ratio(question: str, passage: str) -> float:
-    """Length of the longest contiguous token run shared by question and passage, over the question's length."""
-    q, p = _tokens(question), _tokens(passage)
-    if not q or not p:
-        return 0.0
-    best, prev = 0, [0] * (len(p) + 1)
-    for a in q:  # longest common substring over tokens, O(|q|*|p|)
-        cur = [0] * (len(p) + 1)
-        for j, b in enumerate(p, 1):
-            if a == b:
-                cur[j] = prev[j - 1] + 1
-                if cur[j] > best:
-                    best = cur[j]
-        prev = cur
-    return best / len(q)
-
-
-def validate_mcq(parsed: ParsedMCQ | None, passage: str, min_support: float = 0.5, max_copy: float = 0.8,
-                 seen_questions: set[str] | None = None) -> tuple[str | None, str | None]:
-    """``(answer_letter, None)`` for a valid question, else ``(None, reason)`` with reason in
-    :data:`REJECTION_REASONS`. ``seen_questions`` (normalised texts) catches duplicates; the caller adds
-    accepted questions to it."""
-    if parsed is None:
-        return None, "unparsable"
-    normed = [_norm(v) for v in parsed.options.values()]
-    if len(set(normed)) != len(normed):
-        return None, "duplicate_options"
-    letter = _resolve_answer(parsed.answer_raw, parsed.options)
-    if letter is None:
-        return None, "answer_not_in_options"
-    if len(_tokens(parsed.question)) >= 4 and copy_ratio(parsed.question, passage) >= max_copy:
-        return None, "copies_passage"
-    if answer_support(parsed.options[letter], passage) < min_support:
-        return None, "answer_not_supported"
-    if seen_questions is not None and _norm(parsed.question) in seen_questions:
-        return None, "duplicate_question"
-    return letter, None
 
 
 # ------------------------------------------------------------------------------------------ generation
@@ -330,45 +152,44 @@ def _shuffle(options: dict[str, str], answer: str, rng: random.Random) -> tuple[
     return new, LETTERS[order.index(LETTERS.index(answer))]
 
 
-def generate_questions(reader, passages: Sequence[Passage], per_passage: int = 1, max_new_tokens: int = 160,
-                       batch_size: int = 8, do_sample: bool = False, temperature: float = 0.7, top_p: float = 0.95,
-                       few_shot: bool = True, min_support: float = 0.5, max_copy: float = 0.8,
-                       shuffle_options: bool = True, seed: int = 0, progress: bool = True,
-                       generate_fn: Any = None) -> QGenResult:
+def generate_questions(reader, passages: Sequence[Passage], settings: QGenSettings | None = None, *,
+                       progress: bool = True, generate_fn: Any = None) -> QGenResult:
     """Let ``reader`` write MCQs about ``passages``; parse, validate and filter them.
 
     Args:
         reader: a :class:`~jmlr.reader.Reader` (its model writes the questions).
         passages: :class:`~jmlr.data.Passage` objects (ids become the questions' ``gold_passage_ids``).
-        per_passage: generations per passage.
+        settings: a :class:`QGenSettings` (a :class:`QGenConfig` is one): generations per passage, decoding,
+            the thresholds of :func:`validate_mcq`, option shuffling, seed. Default: ``QGenSettings()``.
+        progress: show a tqdm bar while generating.
         generate_fn: ``f(prompts) -> list[str]`` replacing ``reader.generate`` (tests, or an external server).
-        The rest: decoding and the thresholds of :func:`validate_mcq`.
 
     Returns:
         A :class:`QGenResult`; ``rejected`` holds every reason of :data:`REJECTION_REASONS` (zeros included).
     """
     import torch
 
-    if per_passage < 1:
-        raise ValueError(f"per_passage must be >= 1, got {per_passage}")
+    s = settings if settings is not None else QGenSettings()
+    if s.per_passage < 1:
+        raise ValueError(f"per_passage must be >= 1, got {s.per_passage}")
     t0 = time.perf_counter()
-    rng = random.Random(seed)
-    jobs: list[tuple[Passage, int]] = [(p, k) for p in passages for k in range(per_passage)]
+    rng = random.Random(s.seed)
+    jobs: list[tuple[Passage, int]] = [(p, k) for p in passages for k in range(s.per_passage)]
     prompts, assume = [], []
     for p, _ in jobs:
-        pr, aq = qgen_prompt(p.text, reader, few_shot=few_shot)
+        pr, aq = qgen_prompt(p.text, reader, few_shot=s.few_shot)
         prompts.append(pr)
         assume.append(aq)
     if generate_fn is None:
         kw: dict = {}
-        if do_sample:
-            kw.update(temperature=temperature, top_p=top_p)
-        torch.manual_seed(seed)
+        if s.do_sample:
+            kw.update(temperature=s.temperature, top_p=s.top_p)
+        torch.manual_seed(s.seed)
         # plain templates continue the worked example, whose block has no blank line: stop at one, or when the
         # model starts another passage/question; chat models often space their answer with blank lines
         stop = ["\nPassage:"] + ([] if reader.template == "chat" else ["\n\n", "\nQuestion:"])
-        texts = reader.generate(prompts, max_new_tokens=max_new_tokens, batch_size=batch_size, do_sample=do_sample,
-                                stop=stop, progress=progress, **kw)
+        texts = reader.generate(prompts, max_new_tokens=s.max_new_tokens, batch_size=s.batch_size,
+                                do_sample=s.do_sample, stop=stop, progress=progress, **kw)
     else:
         texts = list(generate_fn(prompts))
     if len(texts) != len(prompts):
@@ -381,7 +202,7 @@ def generate_questions(reader, passages: Sequence[Passage], per_passage: int = 1
     records: list[dict] = []
     for (p, k), text, aq in zip(jobs, texts, assume):
         parsed = parse_mcq(text, assume_question=aq)
-        letter, reason = validate_mcq(parsed, p.text, min_support, max_copy, seen)
+        letter, reason = validate_mcq(parsed, p.text, s.min_support, s.max_copy, seen)
         rec = {"passage_id": p.id, "k": k, "text": text, "reason": reason}
         records.append(rec)
         if reason is not None:
@@ -389,7 +210,7 @@ def generate_questions(reader, passages: Sequence[Passage], per_passage: int = 1
             continue
         seen.add(_norm(parsed.question))
         options, answer = dict(parsed.options), letter
-        if shuffle_options:
+        if s.shuffle_options:
             options, answer = _shuffle(options, answer, rng)
         eid = f"qgen-{p.id}-{k}"
         rec["id"] = eid
@@ -420,7 +241,7 @@ def run_qgen(cfg: QGenConfig, reader=None, passages: Sequence[Passage] | None = 
 
     from jmlr.data import save_qa
 
-    from .common import save_stage_config
+    from .config import save_stage_config
 
     t0 = time.perf_counter()
     seed_everything(cfg.seed)
@@ -442,11 +263,7 @@ def run_qgen(cfg: QGenConfig, reader=None, passages: Sequence[Passage] | None = 
     out = Path(cfg.output_dir)
     save_stage_config(cfg, out)
     reader.model.eval()
-    res = generate_questions(reader, passages, per_passage=cfg.per_passage, max_new_tokens=cfg.max_new_tokens,
-                             batch_size=cfg.batch_size, do_sample=cfg.do_sample, temperature=cfg.temperature,
-                             top_p=cfg.top_p, few_shot=cfg.few_shot, min_support=cfg.min_support,
-                             max_copy=cfg.max_copy, shuffle_options=cfg.shuffle_options, seed=cfg.seed,
-                             progress=progress, generate_fn=generate_fn)
+    res = generate_questions(reader, passages, cfg, progress=progress, generate_fn=generate_fn)
     questions = out / "questions.jsonl"
     if res.examples:
         save_qa(res.examples, questions)

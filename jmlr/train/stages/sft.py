@@ -31,16 +31,17 @@ CLI: ``jmlr sft --config configs/stages/sft.yaml data.qa=train.jsonl data.qa_for
 from __future__ import annotations
 
 from collections import Counter
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 from jmlr.config import _f
 
-from .common import (IGNORE_INDEX, StageModelConfig, StageOptimConfig, StepBatch, add_special_tokens_for,
-                     epoch_batches, iter_json_lines, load_reader, resolve_corpus, resolve_qa, right_pad,
-                     save_stage_config, seed_everything, sequence_logps, train_loop)
-from .common import holds_run_folder
+from .batching import IGNORE_INDEX, IndexedBatches, StepBatch, right_pad, sequence_logps
+from .config import StageModelConfig, StageOptimConfig, StageRunConfig, save_stage_config
+from .data_io import (add_special_tokens_for, iter_json_lines, load_reader, resolve_corpus, resolve_qa,
+                      seed_everything)
+from .engine import StageRun, holds_run_folder, train_loop
 
 __all__ = ["SFTConfig", "SFTDataConfig", "SFTExample", "EncodedSFT", "Instruction", "load_instructions",
            "format_instruction", "instruction_examples", "sft_examples_from_qa", "sft_examples_from_hf",
@@ -68,12 +69,10 @@ class SFTDataConfig:
 
 
 @dataclass
-class SFTConfig:
+class SFTConfig(StageRunConfig):
     """``jmlr sft``: supervised fine-tuning, loss on the response only."""
 
-    output_dir: str = _f("runs/sft", "run folder: metrics.jsonl, summary.json, config.yaml, model/")
-    seed: int = _f(0, "random seed")
-    log_every: int = _f(1, "write a metrics row every N steps")
+    output_dir: str = _f("runs/sft", "run folder: metrics.jsonl, summary.json, config.yaml, model/, checkpoints/")
     model: StageModelConfig = field(default_factory=StageModelConfig, metadata={"help": "the reader to train"})
     data: SFTDataConfig = field(default_factory=SFTDataConfig, metadata={"help": "training pairs"})
     optim: StageOptimConfig = field(default_factory=StageOptimConfig, metadata={"help": "optimisation"})
@@ -258,13 +257,11 @@ def sft_loss(model, t: dict):
     return -logp.sum(), {}
 
 
-def _batches(enc: Sequence[EncodedSFT], batch_size: int, pad_id: int, seed: int) -> Iterator[StepBatch]:
-    for idx, epoch in epoch_batches(len(enc), batch_size, seed):
-        rows = [enc[i] for i in idx]
-        t = right_pad([r.input_ids for r in rows], [r.labels for r in rows], pad_id)
-        # a label at position 0 is never predicted (nothing precedes it)
-        units = sum(sum(1 for x in r.labels[1:] if x != IGNORE_INDEX) for r in rows)
-        yield StepBatch(t, n_units=units, n_tokens=sum(len(r.input_ids) for r in rows), epoch=epoch)
+def _collate(rows: Sequence[EncodedSFT], pad_id: int) -> StepBatch:
+    t = right_pad([r.input_ids for r in rows], [r.labels for r in rows], pad_id)
+    # a label at position 0 is never predicted (nothing precedes it)
+    units = sum(sum(1 for x in r.labels[1:] if x != IGNORE_INDEX) for r in rows)
+    return StepBatch(t, n_units=units, n_tokens=sum(len(r.input_ids) for r in rows))
 
 
 def build_sft_examples(cfg: SFTConfig, reader) -> list[SFTExample]:
@@ -352,9 +349,9 @@ def run_sft(cfg: SFTConfig, reader=None, examples: Sequence[SFTExample] | None =
                          f"({counts['skipped_prompt_too_long']} prompts too long)")
     save_stage_config(cfg, cfg.output_dir)
     pad = reader.tokenizer.pad_token_id if reader.tokenizer.pad_token_id is not None else 0
-    return train_loop(stage="sft", reader=reader, batches=_batches(enc, cfg.optim.batch_size, pad, cfg.seed),
-                      loss_fn=sft_loss, optim_cfg=cfg.optim, output_dir=cfg.output_dir, log_every=cfg.log_every,
-                      progress=progress, extra_summary={"pairs": len(enc), **dict(counts)})
+    data = IndexedBatches(enc, cfg.optim.batch_size, cfg.seed, collate=lambda rows: _collate(rows, pad))
+    run = StageRun("sft", reader, data, sft_loss, extra_summary={"pairs": len(enc), **dict(counts)})
+    return train_loop(cfg, run, progress=progress)
 
 
 sft = run_sft
