@@ -233,6 +233,16 @@ class JointTrainer:
         self.precision = resolve_precision(cfg.optim.precision, self.device)
         if self.is_main:
             logger.info("precision: %s", self.precision)
+        # dist.strategy=fsdp: the reader is sharded with FSDP2 here (accelerate's FSDP plugin would shard the
+        # whole joint model, retriever included, and runs on GPUs only); the retriever stays replicated
+        self.sharded = cfg.dist.strategy == "fsdp" and self.world > 1
+        if self.sharded:
+            from torch.distributed.device_mesh import init_device_mesh
+
+            from jmlr.reader.loading import shard_reader
+
+            model.to(self.device)
+            shard_reader(self.reader, init_device_mesh(self.device.type, (self.world,)))
 
         groups = [
             {"params": [p for p in self.retriever.parameters() if p.requires_grad], "lr": cfg.retriever.lr,
@@ -249,7 +259,10 @@ class JointTrainer:
                               num_training_steps=cfg.optim.steps)
         # The scheduler stays unwrapped: optim.steps counts optimizer steps whatever the world size (accelerate's
         # wrapper would step it once per rank), and train_step steps it once per optimizer step.
-        self.model, self.optim = acc.prepare(model, optim)
+        if self.sharded:  # FSDP2 modules need no wrapper; gradients of the replicated retriever: train_step
+            self.model, self.optim = model, acc.prepare(optim)
+        else:
+            self.model, self.optim = acc.prepare(model, optim)
         self.sched = sched
         self.n_reader_params = sum(p.numel() for p in self.reader.model.parameters())
         self.n_retriever_params = sum(p.numel() for p in self.retriever.parameters())
@@ -283,7 +296,7 @@ class JointTrainer:
         cpu = not torch.cuda.is_available()
         state = PartialState(cpu=cpu)  # starts the process group under torchrun
         handlers = []
-        if state.num_processes > 1:
+        if state.num_processes > 1 and cfg.dist.strategy == "ddp":
             find_unused = cfg.dist.find_unused_parameters
             if find_unused is None:
                 unused = self._unused_parameters(model, state)
@@ -313,7 +326,7 @@ class JointTrainer:
         cand_texts = [[self.doc_texts[j] for j in range(K)] for _ in batch]
         train_docs = cfg.retriever.train_docs and not cfg.retriever.frozen
         cand_emb = None if train_docs else torch.zeros(len(batch), K, self.retriever.dim, device=device)
-        was_training = model.training
+        modes = {m: m.training for m in model.modules()}  # from_pretrained leaves models in eval mode
         model.train()
         try:
             with resolve_precision(cfg.optim.precision, device).autocast(device):
@@ -328,7 +341,8 @@ class JointTrainer:
         finally:
             for p in model.parameters():
                 p.grad = None
-            model.train(was_training)
+            for m, mode in modes.items():
+                m.training = mode
             ckpt.set_rng_state(saved_rng)
             self.reader.tokens_seen = r0
             if hasattr(self.retriever, "tokens_seen"):
@@ -417,6 +431,8 @@ class JointTrainer:
         acc.step = 0  # accumulate()'s micro-batch counter: the step's last micro-batch syncs, whatever came before
         for micro in range(ga):
             batch = [self.train_data[i] for i in self._batch_indices(self.step, micro)]
+            if self.sharded:  # FSDP2: reduce-scatter the reader's gradients in the last micro-batch only
+                self.reader.model.set_requires_gradient_sync(micro == ga - 1)
             with acc.accumulate(self.model):  # no_sync (DDP) / no reduce-scatter (FSDP) except on the last one
                 with self._autocast():
                     loss, stats = self._micro_step(batch)
@@ -427,8 +443,13 @@ class JointTrainer:
         if not acc.sync_gradients:
             raise RuntimeError(f"gradient accumulation out of step: accelerator.gradient_accumulation_steps="
                                f"{acc.gradient_accumulation_steps} but optim.grad_accum={ga}")
+        if self.sharded:
+            self._reduce_replicated_grads()
         if cfg.optim.max_grad_norm:
-            stats_acc["grad_norm"] = float(acc.clip_grad_norm_(self.model.parameters(), cfg.optim.max_grad_norm))
+            if self.sharded:
+                stats_acc["grad_norm"] = self._clip_sharded(cfg.optim.max_grad_norm)
+            else:
+                stats_acc["grad_norm"] = float(acc.clip_grad_norm_(self.model.parameters(), cfg.optim.max_grad_norm))
         total = self._mean_over_ranks(total)
         self._guard_nonfinite(total, stats_acc)  # NaN/inf: drops the gradients, so the step below is a no-op
         self.optim.step()
@@ -438,6 +459,62 @@ class JointTrainer:
         for g, lr in zip(self.optim.param_groups, lrs):
             stats_acc[f"lr_{g.get('name', 'group')}"] = lr
         return total, stats_acc
+
+    def _reduce_replicated_grads(self) -> None:
+        """FSDP: average the gradients of the parameters FSDP does not own (the replicated retriever) over the
+        ranks, in one all-reduce per optimizer step. A gradient missing on every rank stays None."""
+        from torch._utils import _flatten_dense_tensors, _unflatten_dense_tensors
+        from torch.distributed.tensor import DTensor
+
+        from jmlr.index.sharded import collective_device
+
+        dev = collective_device()
+        params = [p for p in self.model.parameters() if p.requires_grad and not isinstance(p, DTensor)]
+        if not params:
+            return
+        has = torch.tensor([float(p.grad is not None) for p in params], device=dev)
+        torch.distributed.all_reduce(has, op=torch.distributed.ReduceOp.MAX)
+        chosen = [p for p, h in zip(params, has.tolist()) if h]
+        for dtype in sorted({p.dtype for p in chosen}, key=str):
+            group = [p for p in chosen if p.dtype == dtype]
+            grads = [(p.grad if p.grad is not None else torch.zeros_like(p)).to(dev) for p in group]
+            flat = _flatten_dense_tensors(grads)
+            torch.distributed.all_reduce(flat)
+            flat /= self.world
+            for p, g in zip(group, _unflatten_dense_tensors(flat, grads)):
+                p.grad = g.to(p.device).view_as(p)
+
+    def _sharded_grad_norm(self) -> torch.Tensor:
+        """FSDP: the total gradient norm over sharded (DTensor) and replicated gradients alike."""
+        from torch.distributed.tensor import DTensor
+
+        from jmlr.index.sharded import collective_device
+
+        dev = collective_device()
+        sharded = torch.zeros((), dtype=torch.float64, device=dev)
+        replicated = torch.zeros((), dtype=torch.float64, device=dev)
+        for p in self.model.parameters():
+            g = p.grad
+            if g is None:
+                continue
+            if isinstance(g, DTensor):
+                sharded += g.to_local().double().pow(2).sum().to(dev)
+            else:
+                replicated += g.double().pow(2).sum().to(dev)
+        torch.distributed.all_reduce(sharded)  # each rank holds a disjoint shard of every sharded gradient
+        return (sharded + replicated).sqrt()
+
+    def _clip_sharded(self, max_norm: float) -> float:
+        """FSDP: ``clip_grad_norm_`` over sharded and replicated gradients (the same rule as torch's)."""
+        from torch.distributed.tensor import DTensor
+
+        norm = self._sharded_grad_norm()
+        coef = float((max_norm / (norm + 1e-6)).clamp(max=1.0))
+        if coef < 1.0:
+            for p in self.model.parameters():
+                if p.grad is not None:
+                    (p.grad.to_local() if isinstance(p.grad, DTensor) else p.grad).mul_(coef)
+        return float(norm)
 
     def _mean_over_ranks(self, value: float) -> float:
         """The mean of a per-rank scalar over all ranks (the logged loss is the global batch's)."""
@@ -460,7 +537,9 @@ class JointTrainer:
         if oc.nonfinite == "ignore":
             return False
         norm = stats.get("grad_norm")
-        if norm is None:
+        if norm is None and getattr(self, "sharded", False):
+            norm = float(self._sharded_grad_norm())
+        elif norm is None:
             grads = [p.grad for g in self.optim.param_groups for p in g["params"] if p.grad is not None]
             norm = float(torch.nn.utils.get_total_norm(grads)) if grads else 0.0
         bad = torch.tensor(0.0 if math.isfinite(loss) and math.isfinite(norm) else 1.0, device=self.device)
@@ -551,7 +630,9 @@ class JointTrainer:
         res = evaluate_joint(self.retriever, self.reader, self.retrieval, self.doc_texts, self.corpus, examples,
                              top_k=self.cfg.index.top_k, use_retrieval=retrieval, precision=self.precision,
                              progress=self.progress and self.is_main, recall_ks=(1, 5, 20) if k is None else (k,),
-                             rank=self.rank, world=self.world)
+                             # FSDP: a reader forward gathers weights from every rank, so every rank scores
+                             # every example (the same forwards, in the same order) instead of its share
+                             rank=0 if self.sharded else self.rank, world=1 if self.sharded else self.world)
         res.update(split=split, step=self.step, index_version=self.retrieval.version)
         self.costs.eval_s += time.perf_counter() - t0
         self.evals.append(res)
@@ -611,6 +692,15 @@ class JointTrainer:
             raise problem or NonFiniteError(f"refusing to write checkpoint {folder}: another rank holds NaN/inf "
                                             "weights; earlier checkpoints are kept")
         rngs = self._gather_objects(ckpt.rng_state())  # each rank's RNG: a resumed rank continues its own draws
+        reader_state, optim_state = None, None
+        if self.sharded:  # FSDP: gathered from every rank (collectives), held by rank 0 only
+            from torch.distributed.checkpoint.state_dict import StateDictOptions, get_optimizer_state_dict
+
+            from jmlr.reader.loading import full_state_dict
+
+            reader_state = full_state_dict(self.reader.model)
+            optim_state = get_optimizer_state_dict(self.model, self.optim.optimizer, options=StateDictOptions(
+                full_state_dict=True, cpu_offload=True))
         stack, tmp, err = None, None, None
         if self.is_main:
             import contextlib
@@ -652,12 +742,13 @@ class JointTrainer:
         def main_part() -> None:
             if not self.is_main:
                 return
-            self.reader.save_pretrained(tmp / "reader")
+            self.reader.save_pretrained(tmp / "reader", state_dict=reader_state)
             self.retriever.save_pretrained(tmp / "retriever")
             ckpt.save_state(tmp, {
                 "step": self.step,
                 "world": self.world,
-                "optimizer": self.optim.state_dict(),
+                "strategy": "fsdp" if self.sharded else "ddp",  # fsdp: the optimizer state is keyed by name
+                "optimizer": optim_state if self.sharded else self.optim.state_dict(),
                 "scheduler": self.sched.state_dict(),
                 "rng": rngs[0],
                 "rng_ranks": rngs,
@@ -710,9 +801,19 @@ class JointTrainer:
         folder = Path(folder)
         state = ckpt.load_state(folder)
         _check_steps_left(int(state["step"]), self.cfg, folder)
-        self.reader.load_weights(folder / "reader")  # in place: no second reader
+        saved_strategy = state.get("strategy", "ddp")
+        if saved_strategy != ("fsdp" if self.sharded else "ddp"):
+            raise ValueError(f"resume={folder}: the checkpoint was written with dist.strategy={saved_strategy} on "
+                             f"{state.get('world', 1)} rank(s); resume it the same way")
+        self.reader.load_weights(folder / "reader")  # in place, sharded or not: no second reader
         self._load_retriever_weights(folder / "retriever")
-        self.optim.load_state_dict(state["optimizer"])
+        if self.sharded:
+            from torch.distributed.checkpoint.state_dict import StateDictOptions, set_optimizer_state_dict
+
+            set_optimizer_state_dict(self.model, self.optim.optimizer, state["optimizer"] if self.is_main else {},
+                                     options=StateDictOptions(full_state_dict=True, broadcast_from_rank0=True))
+        else:
+            self.optim.load_state_dict(state["optimizer"])
         self.sched.load_state_dict(state["scheduler"])
         self.step = int(state["step"])
         self.history = json.loads(state["history"])
@@ -1039,8 +1140,10 @@ def check_finite_weights(modules: dict, folder) -> None:
     """Raise :class:`NonFiniteError` naming the first parameter that holds NaN/inf (no checkpoint from it)."""
     for prefix, module in modules.items():
         for name, p in module.named_parameters():
-            if not bool(torch.isfinite(p.detach()).all()):
-                bad = int((~torch.isfinite(p.detach())).sum())
+            t = p.detach()
+            t = t.to_local() if hasattr(t, "to_local") else t  # FSDP: this rank's shard (the ranks agree after)
+            if not bool(torch.isfinite(t).all()):
+                bad = int((~torch.isfinite(t)).sum())
                 raise NonFiniteError(f"refusing to write checkpoint {folder}: parameter {prefix}.{name} holds {bad} "
                                      "NaN/inf values; earlier checkpoints are kept (optim.nonfinite=skip stops "
                                      "such updates)")
