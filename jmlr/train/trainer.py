@@ -811,7 +811,9 @@ class JointTrainer:
             from torch.distributed.checkpoint.state_dict import StateDictOptions, set_optimizer_state_dict
 
             set_optimizer_state_dict(self.model, self.optim.optimizer, state["optimizer"] if self.is_main else {},
-                                     options=StateDictOptions(full_state_dict=True, broadcast_from_rank0=True))
+                                     # strict=False: a parameter that never had a gradient has no state
+                                     options=StateDictOptions(full_state_dict=True, broadcast_from_rank0=True,
+                                                              strict=False))
         else:
             self.optim.load_state_dict(state["optimizer"])
         self.sched.load_state_dict(state["scheduler"])

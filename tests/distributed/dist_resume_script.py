@@ -3,6 +3,7 @@ checkpoint at step 3, or resumed from such a checkpoint. Each rank writes its lo
 version and a digest of its final weights to OUT_DIR/rank-R.json.
 
 Usage: torchrun --nproc_per_node 2 dist_resume_script.py ENC_DIR READER_DIR RUN_DIR OUT_DIR [RESUME_FROM]
+(JMLR_TEST_STRATEGY=fsdp in the environment: dist.strategy=fsdp)
 """
 import hashlib
 import json
@@ -19,15 +20,17 @@ enc, rd, run, out = sys.argv[1], sys.argv[2], Path(sys.argv[3]), Path(sys.argv[4
 resume = sys.argv[5] if len(sys.argv) > 5 else None
 torch.set_num_threads(1)
 overrides = ["optim.steps=6", "checkpoint_every=3", "optim.batch_size=2", "refresh.every=2",
-             "refresh.asynchronous=false"]
+             "refresh.asynchronous=false", f"dist.strategy={os.environ.get('JMLR_TEST_STRATEGY', 'ddp')}"]
 if resume:
     overrides.append(f"resume={resume}")
 t = make_trainer(run, enc, rd, overrides)
 summary = t.train()
 h = hashlib.sha256()
 for name, p in sorted(t.model.named_parameters()):
+    local = p.detach()
+    local = local.to_local() if hasattr(local, "to_local") else local  # FSDP: this rank's shard
     h.update(name.encode())
-    h.update(p.detach().cpu().float().numpy().tobytes())
+    h.update(local.cpu().float().numpy().tobytes())
 out.mkdir(parents=True, exist_ok=True)
 rank = int(os.environ.get("RANK", "0"))
 (out / f"rank-{rank}.json").write_text(json.dumps({
