@@ -408,40 +408,56 @@ class Reader:
         """:meth:`load_weights` for an FSDP2-sharded model (a collective): rank 0 reads the saved files, every
         rank keeps its own shard of them."""
         import torch.distributed as dist
-        from safetensors.torch import load_file
 
         from .loading import load_full_state_dict
 
         state: dict = {}
+        error = None
         if dist.get_rank() == 0:
-            if self.is_peft:
-                f = folder / "adapter_model.safetensors"
-                saved = load_file(str(f)) if f.is_file() else {}
-                # peft writes adapter keys without the adapter name; the live model's keys carry it
-                name = getattr(self.model, "active_adapter", "default")
-                names = name if isinstance(name, (list, tuple)) else [name]
-                live = {}
-                for k in self.model.state_dict().keys():
-                    plain = k
-                    for n in names:
-                        plain = plain.replace(f".modules_to_save.{n}.", ".").replace(f".{n}.", ".")
-                    live.setdefault(plain, k)
-                state = {live[k]: v for k, v in saved.items() if k in live}
-                if len(state) != len(saved) or not saved:
-                    raise ValueError(f"{f}: adapter weights do not match this model's adapters")
-            else:
-                index = folder / "model.safetensors.index.json"
-                files = (sorted(set(json.loads(index.read_text())["weight_map"].values())) if index.is_file()
-                         else ["model.safetensors"])
-                for name in files:
-                    state.update(load_file(str(folder / name)))
-                out_emb = self.model.get_output_embeddings()
-                if getattr(self.model.config, "tie_word_embeddings", False) and out_emb is not None:
-                    tied = [n for n, p in self.model.named_parameters(remove_duplicate=False) if p is out_emb.weight]
-                    have = next((state[n] for n in tied if n in state), None)
-                    if have is not None:  # the tied LM head is saved once, under the input embedding's name
-                        state.update({n: have for n in tied})
+            try:
+                state = self._read_full_state(folder)
+            except Exception as e:  # noqa: BLE001 (told to every rank first: none is left waiting)
+                error = e
+        failed = [error is not None]
+        dist.broadcast_object_list(failed, src=0)
+        if failed[0]:
+            raise error if error is not None else RuntimeError(
+                f"{folder}: rank 0 could not read the reader weights (its error names the cause)")
         load_full_state_dict(self.model, state, strict=False)
+
+    def _read_full_state(self, folder: Path) -> dict:
+        """The saved weights of ``folder`` under THIS model's state-dict names (rank 0 of a sharded load)."""
+        from safetensors.torch import load_file
+
+        state: dict = {}
+        if self.is_peft:
+            f = folder / "adapter_model.safetensors"
+            saved = load_file(str(f)) if f.is_file() else {}
+            # peft writes adapter keys without the adapter name; the live model's keys carry it
+            name = getattr(self.model, "active_adapter", "default")
+            names = name if isinstance(name, (list, tuple)) else [name]
+            live = {}
+            for k in self.model.state_dict().keys():
+                plain = k
+                for n in names:
+                    plain = plain.replace(f".modules_to_save.{n}.", ".").replace(f".{n}.", ".")
+                live.setdefault(plain, k)
+            state = {live[k]: v for k, v in saved.items() if k in live}
+            if len(state) != len(saved) or not saved:
+                raise ValueError(f"{f}: adapter weights do not match this model's adapters")
+        else:
+            index = folder / "model.safetensors.index.json"
+            files = (sorted(set(json.loads(index.read_text())["weight_map"].values())) if index.is_file()
+                     else ["model.safetensors"])
+            for name in files:
+                state.update(load_file(str(folder / name)))
+            out_emb = self.model.get_output_embeddings()
+            if getattr(self.model.config, "tie_word_embeddings", False) and out_emb is not None:
+                tied = [n for n, p in self.model.named_parameters(remove_duplicate=False) if p is out_emb.weight]
+                have = next((state[n] for n in tied if n in state), None)
+                if have is not None:  # the tied LM head is saved once, under the input embedding's name
+                    state.update({n: have for n in tied})
+        return state
 
     @property
     def device(self) -> torch.device:

@@ -3,7 +3,7 @@ checkpoint at step 3, or resumed from such a checkpoint. Each rank writes its lo
 version and a digest of its final weights to OUT_DIR/rank-R.json.
 
 Usage: torchrun --nproc_per_node 2 dist_resume_script.py ENC_DIR READER_DIR RUN_DIR OUT_DIR [RESUME_FROM]
-(JMLR_TEST_STRATEGY=fsdp in the environment: dist.strategy=fsdp)
+(JMLR_TEST_STRATEGY=fsdp in the environment: dist.strategy=fsdp; JMLR_TEST_LORA=1: a LoRA reader)
 """
 import hashlib
 import json
@@ -24,6 +24,10 @@ overrides = ["optim.steps=6", "checkpoint_every=3", "optim.batch_size=2", "refre
 if resume:
     overrides.append(f"resume={resume}")
 t = make_trainer(run, enc, rd, overrides)
+if os.environ.get("JMLR_TEST_LORA"):
+    torch.manual_seed(0)  # the same random adapters on every rank and in both runs
+    t.reader.add_lora({"r": 4, "lora_alpha": 8, "lora_dropout": 0.0, "target_modules": ["q_proj", "v_proj"],
+                       "init_lora_weights": False})
 summary = t.train()
 h = hashlib.sha256()
 for name, p in sorted(t.model.named_parameters()):

@@ -30,13 +30,15 @@ def _run(args, env):
 
 
 @pytest.mark.distributed
-@pytest.mark.parametrize("strategy", ["ddp", "fsdp"])
+@pytest.mark.parametrize("strategy", ["ddp", "fsdp", "fsdp-lora"])
 def test_two_rank_resume_reproduces_the_uninterrupted_run(tmp_path, tiny_encoder_dir, tiny_reader_dir, strategy):
-    """DDP, and FSDP (the reader's full state and the full optimizer state gathered into the checkpoint, loaded
-    back into the shards)."""
+    """DDP, and FSDP with a full or a LoRA reader (the reader's full state and the full optimizer state gathered
+    into the checkpoint, loaded back into the shards)."""
     if _torchrun() is None:
         pytest.skip("torchrun is not installed next to this Python")
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "JMLR_TEST_STRATEGY": strategy}
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "JMLR_TEST_STRATEGY": strategy.split("-")[0]}
+    if strategy.endswith("lora"):
+        env["JMLR_TEST_LORA"] = "1"
     full = _run([tiny_encoder_dir, tiny_reader_dir, str(tmp_path / "a"), str(tmp_path / "out-a")], env)
     mid = tmp_path / "a" / "checkpoints" / "step-3"
     assert ckpt.verify_checkpoint(mid) is None
