@@ -34,4 +34,3 @@ def test_two_ranks_match_single_process(tmp_path, tiny_encoder_dir, tiny_reader_
     assert set(a["grads"]) == set(b["grads"]) and len(a["grads"]) > 10
     for name in a["grads"]:
         torch.testing.assert_close(b["grads"][name], a["grads"][name], rtol=1e-4, atol=1e-6, msg=name)
-
