@@ -147,6 +147,17 @@ class OptimConfig:
 
 
 @dataclass
+class DistConfig:
+    strategy: str = _f("ddp", "how the joint model is spread over torch.distributed ranks (torchrun / accelerate "
+                              "launch): ddp (every rank holds the full model) or fsdp (the reader is sharded with "
+                              "FSDP2 fully_shard, the retriever replicated); deepspeed is refused, use fsdp")
+    find_unused_parameters: Optional[bool] = _f(None, "DDP only: empty = auto (probe one backward at setup and turn "
+                                                      "it on only when a trainable parameter gets no gradient, e.g. "
+                                                      "a BERT pooler under mean pooling, or a loss that leaves one "
+                                                      "model unused), true or false")
+
+
+@dataclass
 class TrainConfig:
     output_dir: str = _f("runs/jmlr", "run folder: metrics, checkpoints, plots")
     overwrite: bool = _f(False, "a fresh run into an output_dir that already holds files replaces the old run's "
@@ -165,6 +176,7 @@ class TrainConfig:
     refresh: RefreshConfig = field(default_factory=RefreshConfig, metadata={"help": "index refresh policy"})
     loss: LossConfig = field(default_factory=LossConfig, metadata={"help": "joint loss"})
     optim: OptimConfig = field(default_factory=OptimConfig, metadata={"help": "optimisation"})
+    dist: DistConfig = field(default_factory=DistConfig, metadata={"help": "multi-rank training (DDP / FSDP)"})
 
 
 # ----------------------------------------------------------------------------------------------- helpers
@@ -423,6 +435,11 @@ def validate(cfg: TrainConfig) -> TrainConfig:
                             f"got {pooling!r}")
     if cfg.index.sample_m and cfg.index.sample_m > cfg.index.top_k:
         problems.append(f"index.sample_m={cfg.index.sample_m} must be in 1..index.top_k={cfg.index.top_k} (0 = off)")
+    if cfg.dist.strategy == "deepspeed":
+        problems.append("dist.strategy=deepspeed is not supported: use dist.strategy=fsdp (FSDP2 through accelerate; "
+                        "it shards the reader like ZeRO-3) or ddp")
+    elif cfg.dist.strategy not in ("ddp", "fsdp"):
+        problems.append(f"dist.strategy must be one of ddp, fsdp, got {cfg.dist.strategy!r}")
     st = cfg.refresh.staleness_threshold
     if st is not None and not 0 < st <= 1:
         problems.append(f"refresh.staleness_threshold must be in (0, 1], got {st!r}")

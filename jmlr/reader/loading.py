@@ -122,3 +122,51 @@ def quantization_config(quantization: str, compute_dtype=None):
                                   bnb_4bit_compute_dtype=compute_dtype if isinstance(compute_dtype, torch.dtype)
                                   else torch.bfloat16)
     return BitsAndBytesConfig(load_in_8bit=True)
+
+
+# ----------------------------------------------------------------------------------------- FSDP2 (dist.strategy=fsdp)
+def is_sharded(model) -> bool:
+    """Whether ``model`` was sharded by FSDP2 ``fully_shard`` (its parameters are DTensors)."""
+    try:
+        from torch.distributed.fsdp import FSDPModule
+    except ImportError:  # torch without distributed
+        return False
+    return isinstance(model, FSDPModule)
+
+
+def shard_reader(reader, mesh, reshard_after_forward: bool = True):
+    """Shard ``reader.model`` over ``mesh`` with FSDP2: ``fully_shard`` on every transformer block (the classes
+    in the HF model's ``_no_split_modules``), then on the model root (embeddings, final norm, LM head; a peft
+    root for LoRA, so frozen base weights and adapters are sharded alike). Calls go through ``reader.model``
+    as before: each sharded module gathers its weights for its own forward and frees them after.
+    """
+    from torch.distributed.fsdp import fully_shard
+
+    base = reader._base_model()
+    names = set(getattr(base, "_no_split_modules", None) or [])
+    blocks = [m for m in base.modules() if type(m).__name__ in names]
+    if not blocks:
+        raise ValueError(f"dist.strategy=fsdp: {type(base).__name__} names no transformer block classes "
+                         "(_no_split_modules), so there is nothing to shard it by; use dist.strategy=ddp")
+    for block in blocks:
+        fully_shard(block, mesh=mesh, reshard_after_forward=reshard_after_forward)
+    fully_shard(reader.model, mesh=mesh, reshard_after_forward=reshard_after_forward)
+    return reader
+
+
+def full_state_dict(model) -> dict:
+    """The full, unsharded state dict of an FSDP2 ``model`` on rank 0's CPU (an empty dict elsewhere).
+
+    A collective: every rank calls it (FSDP gathers each parameter from all ranks)."""
+    from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
+
+    return get_model_state_dict(model, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
+
+
+def load_full_state_dict(model, state: dict, strict: bool = True):
+    """Load a full state dict held by rank 0 (the others pass ``{}``) into an FSDP2 ``model`` in place: each
+    rank keeps its own shard. A collective; returns the missing and unexpected keys."""
+    from torch.distributed.checkpoint.state_dict import StateDictOptions, set_model_state_dict
+
+    return set_model_state_dict(model, state, options=StateDictOptions(full_state_dict=True,
+                                                                       broadcast_from_rank0=True, strict=strict))

@@ -326,17 +326,22 @@ class Reader:
         """The parameters that require gradients (the adapters only, with LoRA)."""
         return [p for p in self.model.parameters() if p.requires_grad]
 
-    def save_pretrained(self, save_directory: str | os.PathLike) -> None:
+    def save_pretrained(self, save_directory: str | os.PathLike, state_dict: dict | None = None) -> None:
         """Write the model (safetensors; with LoRA only the adapter), the tokenizer and ``jmlr_reader.json``.
 
         The folder is written under a temporary name and moved into place, so a crash never leaves a
-        half-written checkpoint where a good one was.
+        half-written checkpoint where a good one was. ``state_dict``: the weights to write instead of the
+        model's own, e.g. the full state an FSDP-sharded model gathered
+        (:func:`jmlr.reader.loading.full_state_dict`), written by rank 0.
         """
         out = Path(save_directory)
         out.parent.mkdir(parents=True, exist_ok=True)
         tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
         try:
-            self.model.save_pretrained(str(tmp))
+            if state_dict is not None:
+                self.model.save_pretrained(str(tmp), state_dict=state_dict)
+            else:
+                self.model.save_pretrained(str(tmp))
             self.tokenizer.save_pretrained(str(tmp))
             settings = {
                 "template": self.template, "max_length": self.max_length,
@@ -360,9 +365,13 @@ class Reader:
         stay valid): the adapter for a peft model, else the full model's safetensors (sharded or not)."""
         from safetensors.torch import load_file
 
+        from .loading import is_sharded
+
         folder = Path(folder)
         if not folder.is_dir():
             raise FileNotFoundError(f"{folder}: no such reader folder (expected a save_pretrained output)")
+        if is_sharded(self.model):
+            return self._load_sharded_weights(folder)
         if self.is_peft:
             from peft import set_peft_model_state_dict
 
@@ -394,6 +403,61 @@ class Reader:
         if missing or result.unexpected_keys:
             raise ValueError(f"{folder}: weights do not match the model (missing {missing[:5]}, "
                              f"unexpected {result.unexpected_keys[:5]})")
+
+    def _load_sharded_weights(self, folder: Path) -> None:
+        """:meth:`load_weights` for an FSDP2-sharded model (a collective): rank 0 reads the saved files, every
+        rank keeps its own shard of them."""
+        import torch.distributed as dist
+
+        from .loading import load_full_state_dict
+
+        state: dict = {}
+        error = None
+        if dist.get_rank() == 0:
+            try:
+                state = self._read_full_state(folder)
+            except Exception as e:  # noqa: BLE001 (told to every rank first: none is left waiting)
+                error = e
+        failed = [error is not None]
+        dist.broadcast_object_list(failed, src=0)
+        if failed[0]:
+            raise error if error is not None else RuntimeError(
+                f"{folder}: rank 0 could not read the reader weights (its error names the cause)")
+        load_full_state_dict(self.model, state, strict=False)
+
+    def _read_full_state(self, folder: Path) -> dict:
+        """The saved weights of ``folder`` under THIS model's state-dict names (rank 0 of a sharded load)."""
+        from safetensors.torch import load_file
+
+        state: dict = {}
+        if self.is_peft:
+            f = folder / "adapter_model.safetensors"
+            saved = load_file(str(f)) if f.is_file() else {}
+            # peft writes adapter keys without the adapter name; the live model's keys carry it
+            name = getattr(self.model, "active_adapter", "default")
+            names = name if isinstance(name, (list, tuple)) else [name]
+            live = {}
+            for k in self.model.state_dict().keys():
+                plain = k
+                for n in names:
+                    plain = plain.replace(f".modules_to_save.{n}.", ".").replace(f".{n}.", ".")
+                live.setdefault(plain, k)
+            state = {live[k]: v for k, v in saved.items() if k in live}
+            if len(state) != len(saved) or not saved:
+                raise ValueError(f"{f}: adapter weights do not match this model's adapters")
+        else:
+            index = folder / "model.safetensors.index.json"
+            files = (sorted(set(json.loads(index.read_text())["weight_map"].values())) if index.is_file()
+                     else ["model.safetensors"])
+            for name in files:
+                state.update(load_file(str(folder / name)))
+            out_emb = self.model.get_output_embeddings()
+            if getattr(self.model.config, "tie_word_embeddings", False) and out_emb is not None:
+                tied = [n for n, p in self.model.named_parameters(remove_duplicate=False) if p is out_emb.weight]
+                have = next((state[n] for n in tied if n in state), None)
+                if have is not None:  # the tied LM head is saved once, under the input embedding's name
+                    state.update({n: have for n in tied})
+        return state
 
     @property
     def device(self) -> torch.device:

@@ -212,31 +212,40 @@ class JointTrainer:
         if self._setup_done:
             return
         cfg = self.cfg
-        from accelerate import Accelerator
-        from accelerate.utils import DistributedDataParallelKwargs
         from transformers import get_scheduler
 
         if self._lock is None:
             self._lock = claim_run_folder(cfg)
         seed_everything(cfg.seed)
-        if self.accelerator is None:
-            self.accelerator = Accelerator(
-                gradient_accumulation_steps=1, cpu=not torch.cuda.is_available(),
-                kwargs_handlers=[DistributedDataParallelKwargs(find_unused_parameters=True)])
-        acc = self.accelerator
-        self.rank, self.world = acc.process_index, acc.num_processes
-        self.device = acc.device
-        self.is_main = acc.is_main_process
-        self.precision = resolve_precision(cfg.optim.precision, self.device)
-        if self.is_main:
-            logger.info("precision: %s", self.precision)
-
         if not cfg.retriever.train_docs or cfg.retriever.frozen:
             self.retriever.freeze_doc_tower()
         if cfg.retriever.frozen:
             for p in self.retriever.parameters():
                 p.requires_grad_(False)
         model = JointModel(self.retriever, self.reader)
+        if self.accelerator is None:
+            self.accelerator = self._make_accelerator(model)
+        acc = self.accelerator
+        # accumulation the accelerate way: accumulate()/no_sync reduce gradients once per optimizer step, and
+        # accelerator.backward divides the loss by this number
+        acc.gradient_accumulation_steps = cfg.optim.grad_accum
+        self.rank, self.world = acc.process_index, acc.num_processes
+        self.device = acc.device
+        self.is_main = acc.is_main_process
+        self.precision = resolve_precision(cfg.optim.precision, self.device)
+        if self.is_main:
+            logger.info("precision: %s", self.precision)
+        # dist.strategy=fsdp: the reader is sharded with FSDP2 here (accelerate's FSDP plugin would shard the
+        # whole joint model, retriever included, and runs on GPUs only); the retriever stays replicated
+        self.sharded = cfg.dist.strategy == "fsdp" and self.world > 1
+        if self.sharded:
+            from torch.distributed.device_mesh import init_device_mesh
+
+            from jmlr.reader.loading import shard_reader
+
+            model.to(self.device)
+            shard_reader(self.reader, init_device_mesh(self.device.type, (self.world,)))
+
         groups = [
             {"params": [p for p in self.retriever.parameters() if p.requires_grad], "lr": cfg.retriever.lr,
              "name": "retriever"},
@@ -250,7 +259,13 @@ class JointTrainer:
         sched_name = {"constant": "constant_with_warmup"}.get(cfg.optim.schedule, cfg.optim.schedule)
         sched = get_scheduler(sched_name, optim, num_warmup_steps=cfg.optim.warmup_steps,
                               num_training_steps=cfg.optim.steps)
-        self.model, self.optim, self.sched = acc.prepare(model, optim, sched)
+        # The scheduler stays unwrapped: optim.steps counts optimizer steps whatever the world size (accelerate's
+        # wrapper would step it once per rank), and train_step steps it once per optimizer step.
+        if self.sharded:  # FSDP2 modules need no wrapper; gradients of the replicated retriever: train_step
+            self.model, self.optim = model, acc.prepare(optim)
+        else:
+            self.model, self.optim = acc.prepare(model, optim)
+        self.sched = sched
         self.n_reader_params = sum(p.numel() for p in self.reader.model.parameters())
         self.n_retriever_params = sum(p.numel() for p in self.retriever.parameters())
 
@@ -272,6 +287,75 @@ class JointTrainer:
             save_config(cfg, self.out / "config.yaml")
         self._trackers = start_trackers(cfg.report_to, self.out, to_dict(cfg), accelerator=acc) if self.is_main else None
         self._setup_done = True
+
+    def _make_accelerator(self, model: "JointModel"):
+        """The Accelerator for ``dist.strategy``: DDP with ``find_unused_parameters`` only where the
+        configuration leaves a trainable parameter without gradient (probed, or ``dist.find_unused_parameters``)."""
+        from accelerate import Accelerator, PartialState
+        from accelerate.utils import DistributedDataParallelKwargs
+
+        cfg = self.cfg
+        cpu = not torch.cuda.is_available()
+        state = PartialState(cpu=cpu)  # starts the process group under torchrun
+        handlers = []
+        if state.num_processes > 1 and cfg.dist.strategy == "ddp":
+            find_unused = cfg.dist.find_unused_parameters
+            if find_unused is None:
+                unused = self._unused_parameters(model, state)
+                find_unused = bool(unused)
+                if state.is_main_process:
+                    if unused:
+                        logger.info("DDP: %d trainable parameters get no gradient in this configuration (%s%s): "
+                                    "find_unused_parameters=True", len(unused), ", ".join(unused[:3]),
+                                    ", ..." if len(unused) > 3 else "")
+                    else:
+                        logger.info("DDP: every trainable parameter gets a gradient: find_unused_parameters=False")
+            handlers.append(DistributedDataParallelKwargs(find_unused_parameters=bool(find_unused)))
+        return Accelerator(gradient_accumulation_steps=cfg.optim.grad_accum, cpu=cpu, kwargs_handlers=handlers)
+
+    def _unused_parameters(self, model: "JointModel", state) -> list[str]:
+        """Names of the trainable parameters that one probe forward + backward (this rank's first micro-batch,
+        the first K passages as candidates) leaves without a gradient; agreed over ranks. RNG states, token
+        counts and gradients are restored afterwards, so the probe leaves no trace in the run."""
+        cfg = self.cfg
+        self.rank, self.world = state.process_index, state.num_processes
+        device = state.device
+        model.to(device)
+        saved_rng = ckpt.rng_state()
+        r0, q0 = self.reader.tokens_seen, getattr(self.retriever, "tokens_seen", 0)
+        K = cfg.index.top_k
+        batch = [self.train_data[i] for i in self._batch_indices(0, 0)]
+        cand_texts = [[self.doc_texts[j] for j in range(K)] for _ in batch]
+        train_docs = cfg.retriever.train_docs and not cfg.retriever.frozen
+        cand_emb = None if train_docs else torch.zeros(len(batch), K, self.retriever.dim, device=device)
+        modes = {m: m.training for m in model.modules()}  # from_pretrained leaves models in eval mode
+        model.train()
+        try:
+            with resolve_precision(cfg.optim.precision, device).autocast(device):
+                out = model([ex.question for ex in batch], batch, cand_texts, cand_emb, train_docs, self.extras)
+                extra = {k: v for k, v in out.items() if k not in ("scores", "loglik")}
+                if self._loss_takes_generator:
+                    extra["generator"] = torch.Generator(out["scores"].device).manual_seed(0)
+                loss = self.loss_fn(out["scores"].float() / cfg.retriever.temperature, out["loglik"].float(), **extra)
+            loss.backward()
+            names = [n for n, p in model.named_parameters() if p.requires_grad]
+            flags = torch.tensor([float(p.grad is None) for p in model.parameters() if p.requires_grad])
+        finally:
+            for p in model.parameters():
+                p.grad = None
+            for m, mode in modes.items():
+                m.training = mode
+            ckpt.set_rng_state(saved_rng)
+            self.reader.tokens_seen = r0
+            if hasattr(self.retriever, "tokens_seen"):
+                self.retriever.tokens_seen = q0
+        import torch.distributed as dist
+
+        from jmlr.index.sharded import collective_device
+
+        flags = flags.to(collective_device())
+        dist.all_reduce(flags, op=dist.ReduceOp.MAX)  # unused on any rank: DDP must look for it on every rank
+        return [n for n, f in zip(names, flags.tolist()) if f]
 
     # ------------------------------------------------------------------ the loop
     def train(self) -> dict:
@@ -346,20 +430,36 @@ class JointTrainer:
         return out
 
     def train_step(self) -> tuple[float, dict]:
+        """One optimizer step over ``optim.grad_accum`` micro-batches; returns (loss averaged over the
+        micro-batches and ranks, stats). Gradients are reduced across ranks once, on the last micro-batch."""
         cfg = self.cfg
+        acc = self.accelerator
         self.model.train()
+        ga = cfg.optim.grad_accum
         total, stats_acc = 0.0, {}
-        for micro in range(cfg.optim.grad_accum):
+        acc.step = 0  # accumulate()'s micro-batch counter: the step's last micro-batch syncs, whatever came before
+        for micro in range(ga):
             batch = [self.train_data[i] for i in self._batch_indices(self.step, micro)]
-            with self._autocast():
-                loss, stats = self._micro_step(batch)
-            self.accelerator.backward(loss / cfg.optim.grad_accum)
-            total += float(loss.detach()) / cfg.optim.grad_accum
+            if self.sharded:  # FSDP2: reduce-scatter the reader's gradients in the last micro-batch only
+                self.reader.model.set_requires_gradient_sync(micro == ga - 1)
+            with acc.accumulate(self.model):  # no_sync (DDP) / no reduce-scatter (FSDP) except on the last one
+                with self._autocast():
+                    loss, stats = self._micro_step(batch)
+                acc.backward(loss)  # divided by gradient_accumulation_steps inside
+            total += float(loss.detach()) / ga
             for k, v in stats.items():
-                stats_acc[k] = stats_acc.get(k, 0.0) + v / cfg.optim.grad_accum
+                stats_acc[k] = stats_acc.get(k, 0.0) + v / ga
+        if not acc.sync_gradients:
+            raise RuntimeError(f"gradient accumulation out of step: accelerator.gradient_accumulation_steps="
+                               f"{acc.gradient_accumulation_steps} but optim.grad_accum={ga}")
+        if self.sharded:
+            self._reduce_replicated_grads()
         if cfg.optim.max_grad_norm:
-            params = [p for g in self.optim.param_groups for p in g["params"]]
-            stats_acc["grad_norm"] = float(self.accelerator.clip_grad_norm_(params, cfg.optim.max_grad_norm))
+            if self.sharded:
+                stats_acc["grad_norm"] = self._clip_sharded(cfg.optim.max_grad_norm)
+            else:
+                stats_acc["grad_norm"] = float(acc.clip_grad_norm_(self.model.parameters(), cfg.optim.max_grad_norm))
+        total = self._mean_over_ranks(total)
         self._guard_nonfinite(total, stats_acc)  # NaN/inf: drops the gradients, so the step below is a no-op
         self.optim.step()
         self.sched.step()
@@ -368,6 +468,72 @@ class JointTrainer:
         for g, lr in zip(self.optim.param_groups, lrs):
             stats_acc[f"lr_{g.get('name', 'group')}"] = lr
         return total, stats_acc
+
+    def _reduce_replicated_grads(self) -> None:
+        """FSDP: average the gradients of the parameters FSDP does not own (the replicated retriever) over the
+        ranks, in one all-reduce per optimizer step. A gradient missing on every rank stays None."""
+        from torch._utils import _flatten_dense_tensors, _unflatten_dense_tensors
+        from torch.distributed.tensor import DTensor
+
+        from jmlr.index.sharded import collective_device
+
+        dev = collective_device()
+        params = [p for p in self.model.parameters() if p.requires_grad and not isinstance(p, DTensor)]
+        if not params:
+            return
+        has = torch.tensor([float(p.grad is not None) for p in params], device=dev)
+        torch.distributed.all_reduce(has, op=torch.distributed.ReduceOp.MAX)
+        chosen = [p for p, h in zip(params, has.tolist()) if h]
+        for dtype in sorted({p.dtype for p in chosen}, key=str):
+            group = [p for p in chosen if p.dtype == dtype]
+            grads = [(p.grad if p.grad is not None else torch.zeros_like(p)).to(dev) for p in group]
+            flat = _flatten_dense_tensors(grads)
+            torch.distributed.all_reduce(flat)
+            flat /= self.world
+            for p, g in zip(group, _unflatten_dense_tensors(flat, grads)):
+                p.grad = g.to(p.device).view_as(p)
+
+    def _sharded_grad_norm(self) -> torch.Tensor:
+        """FSDP: the total gradient norm over sharded (DTensor) and replicated gradients alike."""
+        from torch.distributed.tensor import DTensor
+
+        from jmlr.index.sharded import collective_device
+
+        dev = collective_device()
+        sharded = torch.zeros((), dtype=torch.float64, device=dev)
+        replicated = torch.zeros((), dtype=torch.float64, device=dev)
+        for p in self.model.parameters():
+            g = p.grad
+            if g is None:
+                continue
+            if isinstance(g, DTensor):
+                sharded += g.to_local().double().pow(2).sum().to(dev)
+            else:
+                replicated += g.double().pow(2).sum().to(dev)
+        torch.distributed.all_reduce(sharded)  # each rank holds a disjoint shard of every sharded gradient
+        return (sharded + replicated).sqrt()
+
+    def _clip_sharded(self, max_norm: float) -> float:
+        """FSDP: ``clip_grad_norm_`` over sharded and replicated gradients (the same rule as torch's)."""
+        from torch.distributed.tensor import DTensor
+
+        norm = self._sharded_grad_norm()
+        coef = float((max_norm / (norm + 1e-6)).clamp(max=1.0))
+        if coef < 1.0:
+            for p in self.model.parameters():
+                if p.grad is not None:
+                    (p.grad.to_local() if isinstance(p.grad, DTensor) else p.grad).mul_(coef)
+        return float(norm)
+
+    def _mean_over_ranks(self, value: float) -> float:
+        """The mean of a per-rank scalar over all ranks (the logged loss is the global batch's)."""
+        if self.world == 1 or not (torch.distributed.is_available() and torch.distributed.is_initialized()):
+            return value
+        from jmlr.index.sharded import collective_device
+
+        t = torch.tensor([value], dtype=torch.float64, device=collective_device())
+        torch.distributed.all_reduce(t)
+        return float(t.item()) / self.world
 
     def _guard_nonfinite(self, loss: float, stats: dict) -> bool:
         """Apply ``optim.nonfinite`` to this step's loss and gradients; True when the update is dropped.
@@ -380,7 +546,9 @@ class JointTrainer:
         if oc.nonfinite == "ignore":
             return False
         norm = stats.get("grad_norm")
-        if norm is None:
+        if norm is None and getattr(self, "sharded", False):
+            norm = float(self._sharded_grad_norm())
+        elif norm is None:
             grads = [p.grad for g in self.optim.param_groups for p in g["params"] if p.grad is not None]
             norm = float(torch.nn.utils.get_total_norm(grads)) if grads else 0.0
         bad = torch.tensor(0.0 if math.isfinite(loss) and math.isfinite(norm) else 1.0, device=self.device)
@@ -471,7 +639,9 @@ class JointTrainer:
         res = evaluate_joint(self.retriever, self.reader, self.retrieval, self.doc_texts, self.corpus, examples,
                              top_k=self.cfg.index.top_k, use_retrieval=retrieval, precision=self.precision,
                              progress=self.progress and self.is_main, recall_ks=(1, 5, 20) if k is None else (k,),
-                             rank=self.rank, world=self.world)
+                             # FSDP: a reader forward gathers weights from every rank, so every rank scores
+                             # every example (the same forwards, in the same order) instead of its share
+                             rank=0 if self.sharded else self.rank, world=1 if self.sharded else self.world)
         res.update(split=split, step=self.step, index_version=self.retrieval.version)
         self.costs.eval_s += time.perf_counter() - t0
         self.evals.append(res)
@@ -480,74 +650,209 @@ class JointTrainer:
         return res
 
     # ------------------------------------------------------------------ checkpoints
+    def _collective(self) -> bool:
+        return self.world > 1 and torch.distributed.is_available() and torch.distributed.is_initialized()
+
+    def _all_ok(self, ok: bool) -> bool:
+        """True when ``ok`` holds on every rank (a collective with ``world > 1``): every rank takes the same
+        branch, so one rank's failure never leaves the others waiting at a barrier."""
+        return all_ranks_agree(ok, self.device) if self._collective() else ok
+
+    def _from_main(self, obj):
+        """``obj`` as rank 0 holds it, on every rank (an object broadcast: checkpoints only, off the hot path)."""
+        if not self._collective():
+            return obj
+        box = [obj]
+        torch.distributed.broadcast_object_list(box, src=0)
+        return box[0]
+
+    def _gather_objects(self, obj) -> list:
+        if not self._collective():
+            return [obj]
+        parts: list = [None] * self.world
+        torch.distributed.all_gather_object(parts, obj)
+        return parts
+
     def save_checkpoint(self, folder: str | os.PathLike | None = None) -> Path | None:
-        """Reader, retriever, optimizer, scheduler, RNG, step and index: atomically, in safetensors + state."""
-        self.accelerator.wait_for_everyone()
-        folder = Path(folder) if folder else self.out / "checkpoints" / f"step-{self.step}"
-        if not self.is_main:
-            self.accelerator.wait_for_everyone()
-            return None
-        check_finite_weights({"reader": self.reader.model, "retriever": self.retriever}, folder)
+        """Reader, retriever, optimizer, scheduler, RNG, step and index: atomically, in safetensors + state.
+
+        Every rank calls it. Under torchrun each rank writes its own index shard (``index/rank-R``) into the
+        checkpoint's temporary folder; rank 0 writes everything else, the manifest over all files, and then
+        renames the folder into place. The ranks agree after each phase, so a failure on any rank leaves no
+        checkpoint under the final name on any rank (and raises everywhere). With several nodes, ``output_dir``
+        must be on a file system all ranks share. Returns the folder on rank 0, None elsewhere.
+        """
         from jmlr.fs import write_error
 
-        try:
-            with ckpt.atomic_dir(folder) as tmp:
-                self.reader.save_pretrained(tmp / "reader")
-                self.retriever.save_pretrained(tmp / "retriever")
-                self.retrieval.save(tmp / "index")
-                ckpt.save_state(tmp, {
-                    "step": self.step,
-                    "optimizer": self.optim.state_dict(),
-                    "scheduler": self.sched.state_dict(),
-                    "rng": ckpt.rng_state(),
-                    "index_version": self.retrieval.version,
-                    "last_refresh_trigger": self.retrieval.last_trigger_step,
-                    "history": json.dumps(self.history),
-                    "config": json.dumps(to_dict(self.cfg)),
-                    "nonfinite_skipped": self.nonfinite_skipped,
-            "time_budget": self.time_budget.as_dict(self.cfg.optim.steps) if self.time_budget else None,
-                })
-                ckpt.write_manifest(tmp, self.step)
-        except (OSError, RuntimeError) as e:
-            if type(e).__module__.startswith("jmlr"):
-                raise
-            raise write_error(e, folder) from e
         self.accelerator.wait_for_everyone()
-        return folder
+        folder = Path(folder) if folder else self.out / "checkpoints" / f"step-{self.step}"
+        problem = None
+        try:
+            check_finite_weights({"reader": self.reader.model, "retriever": self.retriever}, folder)
+        except NonFiniteError as e:
+            problem = e
+        if not self._all_ok(problem is None):
+            raise problem or NonFiniteError(f"refusing to write checkpoint {folder}: another rank holds NaN/inf "
+                                            "weights; earlier checkpoints are kept")
+        rngs = self._gather_objects(ckpt.rng_state())  # each rank's RNG: a resumed rank continues its own draws
+        reader_state, optim_state = None, None
+        if self.sharded:  # FSDP: gathered from every rank (collectives), held by rank 0 only
+            from torch.distributed.checkpoint.state_dict import StateDictOptions, get_optimizer_state_dict
+
+            from jmlr.reader.loading import full_state_dict
+
+            reader_state = full_state_dict(self.reader.model)
+            optim_state = get_optimizer_state_dict(self.model, self.optim.optimizer, options=StateDictOptions(
+                full_state_dict=True, cpu_offload=True))
+        stack, tmp, err = None, None, None
+        if self.is_main:
+            import contextlib
+
+            stack = contextlib.ExitStack()
+            try:
+                tmp = stack.enter_context(ckpt.atomic_dir(folder))
+            except BaseException as e:  # noqa: BLE001 (told to every rank below, then raised)
+                err = e
+        tmp = self._from_main(str(tmp) if tmp is not None else None)
+        if tmp is None:
+            raise err if err is not None else OSError(f"checkpoint {folder}: rank 0 could not create its "
+                                                      "temporary folder")
+        tmp = Path(tmp)
+
+        def phase(write) -> None:
+            nonlocal err
+            if err is None:
+                try:
+                    write()
+                except BaseException as e:  # noqa: BLE001
+                    err = e
+            if not self._all_ok(err is None):
+                if err is None:
+                    err = RuntimeError(f"checkpoint {folder} not written: another rank failed to write its part "
+                                       "(its error names the cause); earlier checkpoints are kept")
+                    if stack is not None:
+                        stack.__exit__(type(err), err, None)
+                    raise err
+                if stack is not None:  # rank 0: the temporary folder goes, the final name is untouched
+                    stack.__exit__(type(err), err, err.__traceback__)
+                if isinstance(err, (OSError, RuntimeError)) and not type(err).__module__.startswith("jmlr"):
+                    raise write_error(err, folder) from err
+                raise err
+
+        def shards() -> None:  # every rank: its own index shard (rank-R), or the whole index on one process
+            self.retrieval.save(tmp / "index")
+
+        def main_part() -> None:
+            if not self.is_main:
+                return
+            self.reader.save_pretrained(tmp / "reader", state_dict=reader_state)
+            self.retriever.save_pretrained(tmp / "retriever")
+            ckpt.save_state(tmp, {
+                "step": self.step,
+                "world": self.world,
+                "strategy": "fsdp" if self.sharded else "ddp",  # fsdp: the optimizer state is keyed by name
+                "optimizer": optim_state if self.sharded else self.optim.state_dict(),
+                "scheduler": self.sched.state_dict(),
+                "rng": rngs[0],
+                "rng_ranks": rngs,
+                "index_version": self.retrieval.version,
+                "last_refresh_trigger": self.retrieval.last_trigger_step,
+                "history": json.dumps(self.history),
+                "config": json.dumps(to_dict(self.cfg)),
+                "nonfinite_skipped": self.nonfinite_skipped,
+            })
+
+        phase(shards)
+        phase(main_part)  # after the shards: the manifest below covers every rank's files
+
+        def finish() -> None:
+            if stack is not None:
+                ckpt.write_manifest(tmp, self.step)
+                stack.close()  # fsync everything, then one rename into place
+
+        phase(finish)
+        return folder if self.is_main else None
 
     def load_checkpoint(self, folder: str | os.PathLike) -> None:
-        """Restore everything ``save_checkpoint`` wrote; training continues at the saved step."""
-        if str(folder) == "latest":
-            found = ckpt.latest_checkpoint(self.out)
-            if found is None:
-                raise FileNotFoundError(f"resume=latest but {self.out}/checkpoints holds no usable checkpoint")
-            folder = found
+        """Restore everything ``save_checkpoint`` wrote; training continues at the saved step.
+
+        Every rank calls it. Weights are loaded in place into the live reader and retriever (the optimizer
+        holds them; no second copy of the reader is built). Rank 0 picks and verifies the checkpoint (digests
+        of every file) and tells the others; each rank then loads its own index shard and RNG state. Resumed
+        with another number of ranks, the index is rebuilt from the restored doc tower instead.
+        """
+        problem = None
+        if self.is_main:
+            try:
+                if str(folder) == "latest":
+                    found = ckpt.latest_checkpoint(self.out)
+                    if found is None:
+                        raise FileNotFoundError(f"resume=latest but {self.out}/checkpoints holds no usable "
+                                                "checkpoint")
+                    folder = found
+                problem = ckpt.verify_checkpoint(Path(folder))
+                if problem:
+                    problem = ckpt.CorruptCheckpointError(f"resume={folder}: {problem}; resume from another "
+                                                          "checkpoint (resume=latest falls back to the newest good "
+                                                          "one)")
+            except Exception as e:  # noqa: BLE001 (told to every rank, then raised)
+                problem = e
+        folder, failed = self._from_main((str(folder), problem is not None))
+        if failed:
+            raise problem if problem is not None else RuntimeError(f"resume={folder}: rank 0 could not use this "
+                                                                   "checkpoint (its error names the cause)")
         folder = Path(folder)
-        problem = ckpt.verify_checkpoint(folder)
-        if problem:
-            raise ckpt.CorruptCheckpointError(f"resume={folder}: {problem}; resume from another checkpoint "
-                                              "(resume=latest falls back to the newest good one)")
         state = ckpt.load_state(folder)
         _check_steps_left(int(state["step"]), self.cfg, folder)
-        from jmlr.reader import Reader
-        from jmlr.retriever import DualEncoder
+        saved_strategy = state.get("strategy", "ddp")
+        if saved_strategy != ("fsdp" if self.sharded else "ddp"):
+            raise ValueError(f"resume={folder}: the checkpoint was written with dist.strategy={saved_strategy} on "
+                             f"{state.get('world', 1)} rank(s); resume it the same way")
+        self.reader.load_weights(folder / "reader")  # in place, sharded or not: no second reader
+        self._load_retriever_weights(folder / "retriever")
+        if self.sharded:
+            from torch.distributed.checkpoint.state_dict import StateDictOptions, set_optimizer_state_dict
 
-        # Load the saved folders the way users do, then copy into the live modules (the optimizer holds them).
-        saved_reader = Reader.from_pretrained(str(folder / "reader"))
-        self.reader.model.load_state_dict(saved_reader.model.state_dict())
-        saved_retriever = DualEncoder.from_pretrained(folder / "retriever", shared=self.retriever.shared)
-        self.retriever.load_state_dict(saved_retriever.state_dict())
-        del saved_reader, saved_retriever
-        self.optim.load_state_dict(state["optimizer"])
+            set_optimizer_state_dict(self.model, self.optim.optimizer, state["optimizer"] if self.is_main else {},
+                                     # strict=False: a parameter that never had a gradient has no state
+                                     options=StateDictOptions(full_state_dict=True, broadcast_from_rank0=True,
+                                                              strict=False))
+        else:
+            self.optim.load_state_dict(state["optimizer"])
         self.sched.load_state_dict(state["scheduler"])
         self.step = int(state["step"])
         self.history = json.loads(state["history"])
-        self.retrieval.load(folder / "index", version=int(state["index_version"]))
+        saved_world = int(state.get("world", 1))
+        if saved_world == self.world:
+            err = None
+            try:
+                self.retrieval.load(folder / "index", version=int(state["index_version"]))
+            except Exception as e:  # noqa: BLE001 (every rank learns that one failed)
+                err = e
+            if not self._all_ok(err is None):
+                raise err or RuntimeError(f"resume={folder}: another rank could not load its index shard (its "
+                                          "error names the cause)")
+        else:
+            if self.is_main:
+                logger.warning("resume: %s was written by %d rank(s), this run has %d: its index shards do not "
+                               "fit, so the index is rebuilt from the restored doc tower", folder, saved_world,
+                               self.world)
+            self.retrieval.build()
         self.retrieval.last_trigger_step = int(state["last_refresh_trigger"])
         self.nonfinite_skipped = int(state.get("nonfinite_skipped", 0))
-        ckpt.set_rng_state(state["rng"])
+        rngs = state.get("rng_ranks")
+        ckpt.set_rng_state(rngs[self.rank] if rngs and saved_world == self.world else state["rng"])
         if self.is_main:
             trim_metrics(self.out / "metrics.jsonl", self.step)
+
+    def _load_retriever_weights(self, folder: Path) -> None:
+        """The saved retriever's weights into the live towers (the optimizer holds their parameters). The
+        retriever is encoder-sized, so it is read through ``DualEncoder.from_pretrained`` and copied."""
+        from jmlr.retriever import DualEncoder
+
+        saved = DualEncoder.from_pretrained(folder, shared=self.retriever.shared)
+        self.retriever.load_state_dict(saved.state_dict())
+        del saved
 
     # ------------------------------------------------------------------ logging and summary
     def _log(self, row: dict) -> None:
@@ -841,8 +1146,10 @@ def check_finite_weights(modules: dict, folder) -> None:
     """Raise :class:`NonFiniteError` naming the first parameter that holds NaN/inf (no checkpoint from it)."""
     for prefix, module in modules.items():
         for name, p in module.named_parameters():
-            if not bool(torch.isfinite(p.detach()).all()):
-                bad = int((~torch.isfinite(p.detach())).sum())
+            t = p.detach()
+            t = t.to_local() if hasattr(t, "to_local") else t  # FSDP: this rank's shard (the ranks agree after)
+            if not bool(torch.isfinite(t).all()):
+                bad = int((~torch.isfinite(t)).sum())
                 raise NonFiniteError(f"refusing to write checkpoint {folder}: parameter {prefix}.{name} holds {bad} "
                                      "NaN/inf values; earlier checkpoints are kept (optim.nonfinite=skip stops "
                                      "such updates)")
