@@ -46,11 +46,11 @@ def test_trainer_stops_early_and_records_it(tmp_path, tiny_encoder_dir, tiny_rea
 
     import jmlr.train.trainer as trainer_mod
 
-    t = make_trainer(tmp_path / "run", tiny_encoder_dir, tiny_reader_dir, ["optim.steps=8", "optim.max_time_s=100"])
-    # a clock that advances 30 "seconds" per reading: begin reads 0, the check before step 1 reads nothing (no step
-    # measured yet), the check before step k+1 reads 30k. Step times come from the real clock (well under a
-    # second), so steps 2, 3 and 4 run (30, 60, 90 s spent) and the check before step 5 (120 s) stops the loop.
-    ticks = iter(range(0, 10_000, 30))
+    t = make_trainer(tmp_path / "run", tiny_encoder_dir, tiny_reader_dir, ["optim.steps=8", "optim.max_time_s=3500"])
+    # a clock that advances 1000 "seconds" per reading: begin reads 0, the check before step 1 reads nothing (no
+    # step measured yet), the check before step k+1 reads 1000k. Step times come from the real clock (seconds at
+    # most), so steps 2, 3 and 4 run (1000, 2000, 3000 s spent) and the check before step 5 (4000 s) stops the loop.
+    ticks = iter(range(0, 100_000, 1000))
     monkeypatch.setattr(trainer_mod, "TimeBudget", lambda s: TimeBudget(s, clock=lambda: float(next(ticks))))
     summary = t.train()
     assert summary["steps"] == 4 and len(summary["losses"]) == 4
