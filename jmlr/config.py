@@ -17,12 +17,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Optional
 
+from jmlr.core.fields import config_field
+from jmlr.core.precision import PRECISIONS
 
-def _f(default, help: str, **kw):
-    """A dataclass field with help text (``metadata['help']``)."""
-    if isinstance(default, (list, dict)):
-        return field(default_factory=lambda d=default: type(d)(d), metadata={"help": help}, **kw)
-    return field(default=default, metadata={"help": help}, **kw)
+_f = config_field  # short local name; other packages import config_field from jmlr.core.fields
 
 
 @dataclass
@@ -250,8 +248,6 @@ def _coerce(value: Any, tp, key: str) -> Any:
 def _check_choice(key: str, value: Any, where: str = "") -> Any:
     """Values of keys with a fixed set of choices are checked when set (before any model loads)."""
     if key.rsplit(".", 1)[-1] == "precision":
-        from jmlr.core.precision import PRECISIONS
-
         if str(value).lower() not in PRECISIONS:
             raise ValueError(f"config key '{key}'{where} expects one of {', '.join(PRECISIONS)}, got {value!r}")
         return str(value).lower()

@@ -23,6 +23,8 @@ from typing import Any, Protocol, Sequence, runtime_checkable
 
 import numpy as np
 
+from jmlr.core.fs import atomic_dir, write_error
+
 META_NAME = "meta.json"
 IDS_NAME = "ids.json"
 FORMAT_VERSION = 1
@@ -266,10 +268,6 @@ class BaseIndex:
 
     def save(self, directory: str | os.PathLike) -> Path:
         """Write the index to ``directory`` atomically (temporary folder, then one rename)."""
-        from jmlr.fs import write_error
-
-        from ._atomic import atomic_dir
-
         try:
             with atomic_dir(directory) as tmp:
                 self._save_payload(tmp)

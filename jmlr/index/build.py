@@ -85,7 +85,7 @@ def remove_store(store_dir: str | os.PathLike) -> None:
     """Delete an embedding store folder once its index is saved (left alone while another build uses it)."""
     import logging
 
-    from jmlr.fs import FolderLockedError, run_folder_lock
+    from jmlr.core.fs import FolderLockedError, run_folder_lock
 
     p = Path(store_dir)
     if not p.is_dir():

@@ -261,7 +261,8 @@ class ExactIndex(BaseIndex):
 
         from jmlr.kernels.topk import quantize
 
-        from ._atomic import atomic_dir
+        from jmlr.core.fs import atomic_dir
+
         from .base import IDS_NAME, META_NAME
 
         dtype = _ALIASES.get(dtype, dtype)

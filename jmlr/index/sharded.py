@@ -201,7 +201,7 @@ class ShardedIndex:
     # persistence -------------------------------------------------------------------------------------
     def save(self, directory: str | os.PathLike) -> Path:
         """Collective: each rank writes ``DIR/shard-RRRRR-of-WWWWW``; rank 0 then writes ``DIR/meta.json``."""
-        from ._atomic import write_json_atomic
+        from jmlr.core.fs import write_json_atomic
 
         dist = _dist()
         folder = Path(directory)

@@ -22,7 +22,7 @@ from typing import Callable, Sequence
 
 import numpy as np
 
-from ._atomic import write_json_atomic
+from jmlr.core.fs import run_folder_lock, write_json_atomic
 
 logger = logging.getLogger(__name__)
 
@@ -87,8 +87,6 @@ class EmbeddingStore:
             raise ValueError(f"chunk_size must be >= 1, got {chunk_size}")
         texts = list(texts)
         n = len(texts)
-        from jmlr.fs import run_folder_lock
-
         self.directory.mkdir(parents=True, exist_ok=True)
         with run_folder_lock(self.directory, f"embedding store {self.directory}"):
             return self._encode(encode_fn, texts, n, fingerprint, dtype, chunk_size, progress)

@@ -495,7 +495,7 @@ class DualEncoder(nn.Module):
         modules, Normalize, the prefixes as ``query`` / ``document`` prompts), so
         ``SentenceTransformer(save_directory)`` loads it.
         """
-        from jmlr.index._atomic import atomic_dir
+        from jmlr.core.fs import atomic_dir
 
         cfg = self.config_dict()
         layout = {"pooling": self.pooling, "normalize": self.normalize, "max_length": self.max_length}
