@@ -19,6 +19,7 @@ from typing import Any, Optional
 
 from jmlr.core.fields import config_field
 from jmlr.core.precision import PRECISIONS
+from jmlr.retriever.pooling import POOLINGS
 
 _f = config_field  # short local name; other packages import config_field from jmlr.core.fields
 
@@ -406,8 +407,6 @@ def validate(cfg: TrainConfig) -> TrainConfig:
             problems.append(f"{key} must be one of {', '.join(allowed)}, got {v!r}")
     pooling = cfg.retriever.pooling  # None = the model folder's own; else modes of jmlr.retriever.POOLINGS, '+'-joined
     if pooling is not None:
-        from jmlr.retriever.dual_encoder import POOLINGS  # the retriever owns the list (lazy: config stays light)
-
         bad = [m for m in str(pooling).split("+") if m not in POOLINGS]
         if bad:
             problems.append(f"retriever.pooling must be one of {', '.join(POOLINGS)} (or several joined by '+'), "

@@ -22,7 +22,7 @@ from typing import Any, Iterable, Iterator, Mapping, Sequence, overload
 import numpy as np
 
 from ._io import DataFormatError, atomic_write_lines, iter_jsonl, iter_lines, open_text
-from .text import normalize_text
+from .text import normalize_for_dedup
 from .types import Passage, join_title
 
 logger = logging.getLogger("jmlr.data")
@@ -616,7 +616,7 @@ class Corpus(Sequence[Passage]):
         it = zip(self._texts, titles) if key == "title+text" else ((t, "") for t in self._texts)
         show = len(self) > 50_000 if progress is None else progress
         for i, (text, title) in enumerate(tqdm(it, total=len(self), desc="dedup", disable=not show, unit="psg")):
-            k = normalize_text(text) if not title else normalize_text(title) + "\x00" + normalize_text(text)
+            k = normalize_for_dedup(text) if not title else normalize_for_dedup(title) + "\x00" + normalize_for_dedup(text)
             d = hashlib.blake2b(k.encode("utf-8", _ENC), digest_size=16).digest()
             j = seen.setdefault(d, i)
             if j == i:

@@ -16,7 +16,7 @@ def process_main(cmd_q, res_q, model, token_lists, out, settings: dict) -> None:
     import torch
 
     from jmlr.core.precision import autocast
-    from jmlr.retriever.dual_encoder import encode_token_lists
+    from jmlr.retriever.embedding import encode_token_lists
 
     torch.set_num_threads(int(settings["threads"]))
     model.eval()

@@ -18,7 +18,7 @@ def make_index(index_type: str, dim: int, metric: str = "ip", **kwargs):
 
         return ExactIndex(dim, metric, **kwargs)
     if t == "bm25":
-        raise ValueError("bm25 indexes hold texts, not vectors: use jmlr.retriever.BM25Index")
+        raise ValueError("bm25 indexes hold texts, not vectors: use jmlr.index.BM25Index")
     from .faiss_index import FaissIndex
 
     return FaissIndex(dim, index_type, metric, **kwargs)  # a faiss index_factory string keeps its case
@@ -33,7 +33,7 @@ def build_index(encoder, corpus, *, index_type: str = "flat", metric: str = "ip"
     ``corpus`` is a ``jmlr.data.Corpus`` or an ``(ids, texts)`` pair. With ``store_dir`` the embeddings go
     to a memory-mapped :class:`~jmlr.index.store.EmbeddingStore` chunk by chunk, so an interrupted build
     resumes where it stopped (an ``exact`` index then searches the memmap directly). ``index_type="bm25"``
-    builds a :class:`jmlr.retriever.bm25.BM25Index` and ignores ``encoder``. The saved metadata records the
+    builds a :class:`jmlr.index.bm25.BM25Index` and ignores ``encoder``. The saved metadata records the
     encoder and corpus fingerprints.
     """
     from .base import corpus_parts
@@ -43,7 +43,7 @@ def build_index(encoder, corpus, *, index_type: str = "flat", metric: str = "ip"
         raise ValueError("the corpus is empty")
     info = dict(info or {})
     if index_type == "bm25":
-        from jmlr.retriever.bm25 import BM25Index
+        from .bm25 import BM25Index
 
         index = BM25Index(**index_kwargs)
         index.add(ids, texts)

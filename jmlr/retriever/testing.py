@@ -56,7 +56,7 @@ def tiny_encoder_dir(path, *, hidden_size: int = 32, num_layers: int = 2, num_he
     model = BertModel(cfg, add_pooling_layer=False)
     model.save_pretrained(path)
     if sentence_transformers:
-        from .dual_encoder import write_sentence_transformers_layout
+        from .st_layout import write_sentence_transformers_layout
 
         write_sentence_transformers_layout(path, dim=hidden_size, pooling=pooling, normalize=normalize,
                                            max_length=max_length)
