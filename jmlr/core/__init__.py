@@ -5,5 +5,6 @@
 * :mod:`jmlr.core.seed`: :func:`~jmlr.core.seed.seed_everything`.
 * :mod:`jmlr.core.fields`: :func:`~jmlr.core.fields.config_field`, the dataclass field with help text.
 * :mod:`jmlr.core.paths`: :func:`~jmlr.core.paths.cache_dir` (``$JMLR_CACHE``).
+* :mod:`jmlr.core.lazy`: :func:`~jmlr.core.lazy.lazy_getattr`, the lazy re-exports that keep ``import jmlr`` cheap.
 * :mod:`jmlr.core.precision`: the one place that decides the autocast dtype per device (``optim.precision``).
 """

@@ -12,7 +12,7 @@ Names are imported lazily (``import jmlr.index`` does not import torch or faiss)
 """
 from __future__ import annotations
 
-from jmlr._lazy import lazy_getattr
+from jmlr.core.lazy import lazy_getattr
 
 _LAZY = {
     "Index": "jmlr.index.base",

@@ -20,7 +20,7 @@ from typing import Any
 
 import numpy as np
 
-from .base import BaseIndex
+from .base import BaseIndex, as_float32_matrix
 
 logger = logging.getLogger(__name__)
 
@@ -243,8 +243,6 @@ class FaissIndex(BaseIndex):
 
     def train(self, x) -> None:
         """Train the quantiser (IVF centroids, PQ / SQ codebooks) on ``x (n, d)``; no-op for untrained kinds."""
-        from .base import as_float32_matrix
-
         x = as_float32_matrix(x, self.dim)
         if self._index is None:
             self._index = self._make(x.shape[0])

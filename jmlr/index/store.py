@@ -24,6 +24,8 @@ import numpy as np
 
 from jmlr.core.fs import run_folder_lock, write_json_atomic
 
+from .base import as_float32_matrix
+
 logger = logging.getLogger(__name__)
 
 EMB_NAME = "embeddings.npy"
@@ -79,8 +81,6 @@ class EmbeddingStore:
         """
         from tqdm.auto import tqdm
 
-        from .base import as_float32_matrix
-
         if dtype not in _DTYPES:
             raise ValueError(f"dtype must be one of {sorted(_DTYPES)}, got {dtype!r}")
         if chunk_size < 1:
@@ -93,8 +93,6 @@ class EmbeddingStore:
 
     def _encode(self, encode_fn, texts, n, fingerprint, dtype, chunk_size, progress) -> np.memmap:
         from tqdm.auto import tqdm
-
-        from .base import as_float32_matrix
 
         st = self.state
         start, dim = 0, None

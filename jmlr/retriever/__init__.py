@@ -6,7 +6,7 @@ Names are imported lazily (``import jmlr.retriever`` does not import torch).
 """
 from __future__ import annotations
 
-from jmlr._lazy import lazy_getattr
+from jmlr.core.lazy import lazy_getattr
 
 _LAZY = {
     "DualEncoder": "jmlr.retriever.dual_encoder",
