@@ -253,3 +253,25 @@ def check_unique_ids(ids: StrColumn, hs: np.ndarray, order: np.ndarray, source: 
     more = f"; {len(dups) - 1} more duplicate(s) follow" if len(dups) > 1 else ""
     raise DataFormatError(source, where(i), f"duplicate passage id {pid!r} (first at {where(j)}){more}; "
                                             "expected unique ids")
+
+
+def hash_index(ids: StrColumn) -> tuple[np.ndarray, np.ndarray]:
+    """The id index: ``(sorted 64-bit hashes of the ids (N,), the row of each (N,))``."""
+    h = np.fromiter((hash(s) for s in ids), dtype=np.int64, count=len(ids))  # (N,)
+    order = np.argsort(h, kind="stable")
+    return h[order], order
+
+
+def find_ids(ids: StrColumn, hs: np.ndarray, order: np.ndarray, pids: Sequence[str]) -> np.ndarray:
+    """Rows of ``pids`` (int64, ``-1`` when absent) through the id index ``(hs, order)`` of :func:`hash_index`."""
+    h = np.fromiter((hash(p) for p in pids), dtype=np.int64, count=len(pids))
+    js = np.searchsorted(hs, h, side="left")  # (M,)
+    out = np.full(len(pids), -1, dtype=np.int64)
+    for k, (pid, j) in enumerate(zip(pids, js.tolist())):
+        while j < len(hs) and hs[j] == h[k]:
+            i = int(order[j])
+            if ids[i] == pid:
+                out[k] = i
+                break
+            j += 1
+    return out

@@ -20,7 +20,8 @@ import numpy as np
 from .._io import atomic_write_lines
 from ..types import Passage, join_title
 from .chunking import chunk_passages
-from .columns import StrColumn, _CorpusBuilder, _Empty, _Gather, check_unique_ids, warn_empty_texts
+from .columns import (StrColumn, _CorpusBuilder, _Empty, _Gather, check_unique_ids, find_ids, hash_index,
+                      warn_empty_texts)
 from .dedup import DedupReport, find_duplicates
 from .formats import LOADERS, check_corpus_path, jsonl_lines, read_hf
 
@@ -95,10 +96,7 @@ class Corpus(Sequence[Passage]):
         check_unique_ids(self._ids, hs, order, source, locs, loc_name)
 
     def _build_index(self) -> tuple[np.ndarray, np.ndarray]:
-        n = len(self._ids)
-        h = np.fromiter((hash(s) for s in self._ids), dtype=np.int64, count=n)  # (N,)
-        order = np.argsort(h, kind="stable")
-        self._hash_sorted, self._hash_order = h[order], order
+        self._hash_sorted, self._hash_order = hash_index(self._ids)
         return self._hash_sorted, self._hash_order
 
     def _index(self) -> tuple[np.ndarray, np.ndarray]:
@@ -208,15 +206,7 @@ class Corpus(Sequence[Passage]):
 
     # -- id lookup ----------------------------------------------------------------------------------
     def _find(self, pid: str) -> int:
-        hs, order = self._index()
-        h = hash(pid)
-        j = int(np.searchsorted(hs, h, side="left"))
-        while j < len(hs) and hs[j] == h:
-            i = int(order[j])
-            if self._ids[i] == pid:
-                return i
-            j += 1
-        return -1
+        return int(find_ids(self._ids, *self._index(), [pid])[0])
 
     def index_of(self, pid: str) -> int:
         """Position of passage ``pid``; ``KeyError`` when absent."""
@@ -230,19 +220,10 @@ class Corpus(Sequence[Passage]):
         pids = list(pids)
         if missing not in ("raise", -1, "-1"):
             raise ValueError(f"missing must be 'raise' or -1, got {missing!r}")
-        hs, order = self._index()
-        h = np.fromiter((hash(p) for p in pids), dtype=np.int64, count=len(pids))
-        js = np.searchsorted(hs, h, side="left")  # (M,)
-        out = np.full(len(pids), -1, dtype=np.int64)
-        for k, (pid, j) in enumerate(zip(pids, js.tolist())):
-            while j < len(hs) and hs[j] == h[k]:
-                i = int(order[j])
-                if self._ids[i] == pid:
-                    out[k] = i
-                    break
-                j += 1
-            if out[k] < 0 and missing == "raise":
-                raise KeyError(f"passage id {pid!r} is not in the corpus ({len(self)} passages)")
+        out = find_ids(self._ids, *self._index(), pids)
+        if missing == "raise" and (out < 0).any():
+            pid = pids[int(np.flatnonzero(out < 0)[0])]
+            raise KeyError(f"passage id {pid!r} is not in the corpus ({len(self)} passages)")
         return out
 
     _NO_DEFAULT = object()
