@@ -4,7 +4,7 @@ The public names are imported lazily so that ``import jmlr`` stays cheap (no tor
 """
 from __future__ import annotations
 
-from jmlr._lazy import lazy_getattr
+from jmlr.core.lazy import lazy_getattr
 
 __version__ = "0.1.0"
 

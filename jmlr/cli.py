@@ -144,7 +144,7 @@ def describe_error(e: BaseException) -> tuple[str, int] | None:
     Exit codes: 2 bad input, config or run folder (also a busy folder); 1 the environment (disk, hub,
     permissions, corrupt files).
     """
-    from jmlr.fs import describe_os_error
+    from jmlr.core.fs import describe_os_error
 
     names = {c.__name__ for c in type(e).__mro__}
     if names & set(_HUB_ERRORS):

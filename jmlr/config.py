@@ -17,12 +17,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Optional
 
+from jmlr.core.fields import config_field
+from jmlr.core.precision import PRECISIONS
+from jmlr.retriever.pooling import POOLINGS
 
-def _f(default, help: str, **kw):
-    """A dataclass field with help text (``metadata['help']``)."""
-    if isinstance(default, (list, dict)):
-        return field(default_factory=lambda d=default: type(d)(d), metadata={"help": help}, **kw)
-    return field(default=default, metadata={"help": help}, **kw)
+_f = config_field  # short local name; other packages import config_field from jmlr.core.fields
 
 
 @dataclass
@@ -266,8 +265,6 @@ def _coerce(value: Any, tp, key: str) -> Any:
 def _check_choice(key: str, value: Any, where: str = "") -> Any:
     """Values of keys with a fixed set of choices are checked when set (before any model loads)."""
     if key.rsplit(".", 1)[-1] == "precision":
-        from jmlr.core.precision import PRECISIONS
-
         if str(value).lower() not in PRECISIONS:
             raise ValueError(f"config key '{key}'{where} expects one of {', '.join(PRECISIONS)}, got {value!r}")
         return str(value).lower()
@@ -427,8 +424,6 @@ def validate(cfg: TrainConfig) -> TrainConfig:
             problems.append(f"{key} must be one of {', '.join(allowed)}, got {v!r}")
     pooling = cfg.retriever.pooling  # None = the model folder's own; else modes of jmlr.retriever.POOLINGS, '+'-joined
     if pooling is not None:
-        from jmlr.retriever.dual_encoder import POOLINGS  # the retriever owns the list (lazy: config stays light)
-
         bad = [m for m in str(pooling).split("+") if m not in POOLINGS]
         if bad:
             problems.append(f"retriever.pooling must be one of {', '.join(POOLINGS)} (or several joined by '+'), "

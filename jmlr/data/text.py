@@ -1,4 +1,6 @@
-"""Text normalisation shared by corpus dedup and the contamination check."""
+"""Text normalisation of the data layer: :func:`normalize_for_dedup` (corpus dedup, repeated questions) and the one
+word tokenizer :func:`words` (contamination n-grams). The reader's answer matching has its own rules
+(``jmlr.reader.parse``)."""
 from __future__ import annotations
 
 import re
@@ -8,7 +10,7 @@ _WS = re.compile(r"\s+")
 _WORD = re.compile(r"\w+")
 
 
-def normalize_text(s: str) -> str:
+def normalize_for_dedup(s: str) -> str:
     """Unicode NFKC, case-folded, whitespace runs collapsed to one space, stripped.
 
     Two passages are exact duplicates for :meth:`Corpus.dedup` when their normalised texts are equal.

@@ -2,7 +2,7 @@
 (:mod:`.generation`) and the bias probe (:mod:`.bias`)."""
 from __future__ import annotations
 
-from jmlr._lazy import lazy_getattr
+from jmlr.core.lazy import lazy_getattr
 
 _LAZY = {"mcq_accuracy": "jmlr.eval.mcq", "evaluate_mcq": "jmlr.eval.mcq",
          "retrieval_metrics": "jmlr.eval.retrieval", "generation_metrics": "jmlr.eval.generation",

@@ -35,7 +35,7 @@ def _cmd(args) -> int:
     if not args.run or not args.data:
         raise ValueError("jmlr eval needs --run DIR and --data F (or use `jmlr eval retrieval ...`)")
     if args.out:
-        from jmlr.fs import check_writable_dir
+        from jmlr.core.fs import check_writable_dir
 
         check_writable_dir(Path(args.out).absolute().parent, "the folder of --out")  # before the models load
     res = evaluate_run(args.run, args.data, args.format, retrieval=not args.no_retrieval, limit=args.limit,
@@ -43,7 +43,7 @@ def _cmd(args) -> int:
     text = json.dumps(res, indent=2, default=float)
     print(text)
     if args.out:
-        from jmlr.fs import write_text_atomic
+        from jmlr.core.fs import write_text_atomic
 
         write_text_atomic(args.out, text)
     return 0

@@ -13,6 +13,8 @@ from collections import Counter
 from collections.abc import Sequence
 from typing import Any
 
+from jmlr.reader.parse import parse_answer
+
 __all__ = ["mcq_accuracy", "evaluate_mcq", "UNPARSED"]
 
 UNPARSED = "unparsed"
@@ -93,8 +95,6 @@ def evaluate_mcq(
     """
     import torch
     from tqdm.auto import tqdm
-
-    from jmlr.reader.parse import parse_answer
 
     if mode not in ("score", "generate"):
         raise ValueError(f"unknown mode {mode!r}; expected 'score' or 'generate'")

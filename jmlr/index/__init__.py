@@ -2,6 +2,7 @@
 
 * :class:`ExactIndex` -- brute force through ``jmlr.kernels.topk.topk`` (CPU/GPU, fp32/fp16 storage).
 * :class:`FaissIndex` -- Flat, IVF-Flat, IVF-PQ, HNSW, SQ int8/fp16; GPU when faiss has GPUs.
+* :class:`BM25Index` -- lexical BM25 (``bm25s``) over texts instead of vectors.
 * :class:`ShardedIndex` -- one shard per ``torch.distributed`` rank, merged top-k.
 * :class:`EmbeddingStore` -- memory-mapped doc embeddings, resumable chunked encoding.
 * :class:`AsyncRefresher` -- background re-encoding with a doc-tower snapshot, atomic swap, staleness.
@@ -11,7 +12,7 @@ Names are imported lazily (``import jmlr.index`` does not import torch or faiss)
 """
 from __future__ import annotations
 
-from jmlr._lazy import lazy_getattr
+from jmlr.core.lazy import lazy_getattr
 
 _LAZY = {
     "Index": "jmlr.index.base",
@@ -20,6 +21,7 @@ _LAZY = {
     "load_index": "jmlr.index.base",
     "read_meta": "jmlr.index.base",
     "corpus_parts": "jmlr.index.base",
+    "BM25Index": "jmlr.index.bm25",
     "ExactIndex": "jmlr.index.exact",
     "FaissIndex": "jmlr.index.faiss_index",
     "ShardedIndex": "jmlr.index.sharded",

@@ -9,14 +9,14 @@ from __future__ import annotations
 import time
 import traceback
 
+from jmlr.core.precision import autocast
+from jmlr.retriever.embedding import encode_token_lists
+
 
 def process_main(cmd_q, res_q, model, token_lists, out, settings: dict) -> None:
     """Worker loop: ``cmd_q`` gets job ids, or ``(job id, positions)`` to encode only those rows into the first
     rows of ``out`` (``None`` stops); ``res_q`` gets ("ok"|"error", job, payload)."""
     import torch
-
-    from jmlr.core.precision import autocast
-    from jmlr.retriever.dual_encoder import encode_token_lists
 
     torch.set_num_threads(int(settings["threads"]))
     model.eval()

@@ -13,7 +13,6 @@ refuses a folder whose fingerprints do not match the encoder or corpus you pass,
 """
 from __future__ import annotations
 
-import hashlib
 import importlib
 import json
 import os
@@ -22,6 +21,9 @@ from pathlib import Path
 from typing import Any, Protocol, Sequence, runtime_checkable
 
 import numpy as np
+
+from jmlr.core.fs import atomic_dir, write_error
+from jmlr.data.lookup import corpus_parts, texts_fingerprint  # noqa: F401  (re-exported: the index API names them)
 
 META_NAME = "meta.json"
 IDS_NAME = "ids.json"
@@ -32,7 +34,7 @@ _REGISTRY = {
     "exact": "jmlr.index.exact:ExactIndex",
     "faiss": "jmlr.index.faiss_index:FaissIndex",
     "sharded": "jmlr.index.sharded:ShardedIndex",
-    "bm25": "jmlr.retriever.bm25:BM25Index",
+    "bm25": "jmlr.index.bm25:BM25Index",
 }
 
 
@@ -99,32 +101,6 @@ def as_float32_tensor(x, dim: int | None = None, what: str = "queries"):
     if bool(bad.any()):
         raise ValueError(f"{what} row {int(bad.nonzero()[0, 0])} holds NaN or inf")
     return x.contiguous()
-
-
-def texts_fingerprint(ids: Sequence, texts: Sequence[str]) -> str:
-    """blake2b-128 of ids and texts in order (used when a corpus has no ``fingerprint()``)."""
-    h = hashlib.blake2b(digest_size=16)
-    for i, t in zip(ids, texts):
-        h.update(str(i).encode() + b"\x00" + t.encode() + b"\x01")
-    return h.hexdigest()
-
-
-def corpus_parts(corpus) -> tuple[list, list[str], str]:
-    """``(ids, texts, fingerprint)`` of a ``jmlr.data.Corpus`` or of an ``(ids, texts)`` pair.
-
-    The texts are what a doc encoder sees (``corpus.texts(with_title=True)``).
-    """
-    if isinstance(corpus, tuple) and len(corpus) == 2:
-        ids, texts = list(corpus[0]), list(corpus[1])
-        if len(ids) != len(texts):
-            raise ValueError(f"corpus: {len(ids)} ids but {len(texts)} texts")
-        return ids, texts, texts_fingerprint(ids, texts)
-    if hasattr(corpus, "ids") and hasattr(corpus, "texts"):
-        ids = list(corpus.ids)
-        texts = list(corpus.texts())
-        fp = corpus.fingerprint() if hasattr(corpus, "fingerprint") else texts_fingerprint(ids, texts)
-        return ids, texts, fp
-    raise ValueError(f"expected a jmlr.data.Corpus or an (ids, texts) pair, got {type(corpus).__name__}")
 
 
 class BaseIndex:
@@ -266,10 +242,6 @@ class BaseIndex:
 
     def save(self, directory: str | os.PathLike) -> Path:
         """Write the index to ``directory`` atomically (temporary folder, then one rename)."""
-        from jmlr.fs import write_error
-
-        from ._atomic import atomic_dir
-
         try:
             with atomic_dir(directory) as tmp:
                 self._save_payload(tmp)

@@ -6,6 +6,14 @@ import shutil
 from pathlib import Path
 from typing import Any
 
+from jmlr.core.fs import FolderLockedError, run_folder_lock
+
+from .base import corpus_parts
+from .bm25 import BM25Index
+from .exact import ExactIndex
+from .faiss_index import FaissIndex
+from .store import EmbeddingStore
+
 INDEX_TYPES = ("exact", "flat", "ivf", "ivfpq", "hnsw", "sq8", "sq16", "bm25")
 
 
@@ -14,13 +22,9 @@ def make_index(index_type: str, dim: int, metric: str = "ip", **kwargs):
     ``index_factory`` string (``"IVF4096,PQ64x4fs"``, ``"HNSW32,Flat"``)."""
     t = str(index_type).lower()
     if t == "exact":
-        from .exact import ExactIndex
-
         return ExactIndex(dim, metric, **kwargs)
     if t == "bm25":
-        raise ValueError("bm25 indexes hold texts, not vectors: use jmlr.retriever.BM25Index")
-    from .faiss_index import FaissIndex
-
+        raise ValueError("bm25 indexes hold texts, not vectors: use jmlr.index.BM25Index")
     return FaissIndex(dim, index_type, metric, **kwargs)  # a faiss index_factory string keeps its case
 
 
@@ -33,18 +37,14 @@ def build_index(encoder, corpus, *, index_type: str = "flat", metric: str = "ip"
     ``corpus`` is a ``jmlr.data.Corpus`` or an ``(ids, texts)`` pair. With ``store_dir`` the embeddings go
     to a memory-mapped :class:`~jmlr.index.store.EmbeddingStore` chunk by chunk, so an interrupted build
     resumes where it stopped (an ``exact`` index then searches the memmap directly). ``index_type="bm25"``
-    builds a :class:`jmlr.retriever.bm25.BM25Index` and ignores ``encoder``. The saved metadata records the
+    builds a :class:`jmlr.index.bm25.BM25Index` and ignores ``encoder``. The saved metadata records the
     encoder and corpus fingerprints.
     """
-    from .base import corpus_parts
-
     ids, texts, corpus_fp = corpus_parts(corpus)
     if not ids:
         raise ValueError("the corpus is empty")
     info = dict(info or {})
     if index_type == "bm25":
-        from jmlr.retriever.bm25 import BM25Index
-
         index = BM25Index(**index_kwargs)
         index.add(ids, texts)
         index.corpus_fingerprint = corpus_fp
@@ -56,15 +56,11 @@ def build_index(encoder, corpus, *, index_type: str = "flat", metric: str = "ip"
             return encoder.encode_docs(chunk, batch_size=batch_size, progress=False)
 
         if store_dir is not None:
-            from .store import EmbeddingStore
-
             emb = EmbeddingStore(store_dir).encode(encode, texts, fingerprint=f"{enc_fp}/{corpus_fp}", dtype=dtype,
                                                    chunk_size=chunk_size, progress=progress)
         else:
             emb = encoder.encode_docs(texts, batch_size=batch_size, progress=progress)  # (N, d)
         if index_type == "exact" and store_dir is not None:
-            from .exact import ExactIndex
-
             index = ExactIndex.from_array(ids, emb, **index_kwargs)
         else:
             if index_type == "exact":
@@ -84,8 +80,6 @@ def build_index(encoder, corpus, *, index_type: str = "flat", metric: str = "ip"
 def remove_store(store_dir: str | os.PathLike) -> None:
     """Delete an embedding store folder once its index is saved (left alone while another build uses it)."""
     import logging
-
-    from jmlr.fs import FolderLockedError, run_folder_lock
 
     p = Path(store_dir)
     if not p.is_dir():

@@ -121,7 +121,7 @@ def _load_corpus(path: str, fmt: str | None, mapping: list[str] | None = None):
 def _check_out(out: Path) -> None:
     """Refuse a bad ``--out`` before anything is encoded: a file, a folder that is not an index, an
     unwritable parent."""
-    from jmlr.fs import check_writable_dir
+    from jmlr.core.fs import check_writable_dir
 
     if out.exists() and not out.is_dir():
         raise NotADirectoryError(errno.ENOTDIR, "--out is a file, not an index folder", str(out))
@@ -133,7 +133,7 @@ def _check_out(out: Path) -> None:
 
 def cmd_build(args) -> int:
     """``jmlr index build``: one writer per ``--out`` (a lock beside it), checked before anything loads."""
-    from jmlr.fs import clean_stale_tmp, output_lock
+    from jmlr.core.fs import clean_stale_tmp, output_lock
 
     out = Path(args.out)
     _check_out(out)
@@ -286,7 +286,7 @@ def cmd_eval_retrieval(args) -> int:
     if not ks or ks[0] < 1:
         raise ValueError(f"-k {args.k!r}: cutoffs must be >= 1")
     if args.out:
-        from jmlr.fs import check_writable_dir
+        from jmlr.core.fs import check_writable_dir
 
         check_writable_dir(Path(args.out).absolute().parent, "the folder of --out")  # before anything is encoded
     examples = load_qa(args.format, args.data)
@@ -306,7 +306,7 @@ def cmd_eval_retrieval(args) -> int:
     for key, v in metrics.items():
         print(f"{key:<{width}}  {v:.4f}" if isinstance(v, float) else f"{key:<{width}}  {v}")
     if args.out:
-        from jmlr.index._atomic import write_json_atomic
+        from jmlr.core.fs import write_json_atomic
 
         write_json_atomic(args.out, metrics)
     return 0

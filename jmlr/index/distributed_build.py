@@ -26,6 +26,9 @@ import os
 import shutil
 from pathlib import Path
 
+from .sharded import shard_range
+from .store import EmbeddingStore
+
 logger = logging.getLogger(__name__)
 
 # Ranks wait at one barrier while the slowest shard is encoded (hours for tens of millions of passages).
@@ -94,9 +97,6 @@ def merge_shards(store_dir: str | os.PathLike, world: int, n: int, *, fingerprin
     chunk) and return the merged ``(n, d)`` memmap."""
     import numpy as np
 
-    from .sharded import shard_range
-    from .store import EmbeddingStore
-
     shards = []
     for r in range(world):
         s, e = shard_range(n, r, world)
@@ -122,9 +122,6 @@ def encode_store_distributed(encoder, corpus, store_dir: str | os.PathLike, *, d
     module doc). Collective. Returns True on rank 0, which goes on to build and write the index, and False on
     the other ranks, which are done."""
     import torch.distributed as dist
-
-    from .sharded import shard_range
-    from .store import EmbeddingStore
 
     device = next(encoder.parameters()).device
     rank, world, created = _init_group(device)

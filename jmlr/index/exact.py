@@ -7,7 +7,10 @@ from pathlib import Path
 
 import numpy as np
 
-from .base import BaseIndex
+from jmlr.core.fs import atomic_dir
+from jmlr.kernels.topk import QuantizedDocs, quantize, topk
+
+from .base import IDS_NAME, META_NAME, BaseIndex, as_float32_tensor
 
 EMB_NAME = "embeddings.npy"
 SCALES_NAME = "scales.npy"
@@ -97,8 +100,6 @@ class ExactIndex(BaseIndex):
     def _convert(self, x):
         """float32 torch rows -> (storage rows, scales or None)."""
         if self.dtype == "int8":
-            from jmlr.kernels.topk import quantize
-
             qd = quantize(x, "int8", keep_fp32=False)
             return qd.data, qd.scales
         return x.to(_torch_dtype(self.dtype)), None
@@ -163,10 +164,6 @@ class ExactIndex(BaseIndex):
         results come back on the queries' device. Other inputs take the base path (results on the CPU)."""
         import torch
 
-        from jmlr.kernels.topk import topk
-
-        from .base import as_float32_tensor
-
         if not isinstance(q, torch.Tensor):
             return super().search_positions(q, k)
         if int(k) < 1:
@@ -187,13 +184,9 @@ class ExactIndex(BaseIndex):
     def _search(self, x: np.ndarray, k: int):
         import torch
 
-        from jmlr.kernels.topk import topk
-
         docs = self.embeddings
         q = torch.from_numpy(x).to(docs.device)
         if self._rerank is not None:  # reduced-precision candidates, then exact fp32 rescoring
-            from jmlr.kernels.topk import QuantizedDocs
-
             qd = QuantizedDocs(docs, self.scales, _KERNEL_NAMES[self.dtype], self._rerank.to(docs.device))
             scores, idx = topk(q, qd, k, backend=self.backend, rerank_k=self.rerank_k)  # (B, k), (B, k)
         else:
@@ -258,11 +251,6 @@ class ExactIndex(BaseIndex):
         import os
 
         import torch
-
-        from jmlr.kernels.topk import quantize
-
-        from ._atomic import atomic_dir
-        from .base import IDS_NAME, META_NAME
 
         dtype = _ALIASES.get(dtype, dtype)
         if dtype not in _KERNEL_NAMES:

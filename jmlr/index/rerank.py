@@ -8,22 +8,9 @@
 """
 from __future__ import annotations
 
-from typing import Callable, Mapping
-
 import numpy as np
 
-
-def text_lookup(corpus) -> Callable[[object], str]:
-    """id -> text from a callable, a dict, a Corpus or an ``(ids, texts)`` pair."""
-    if callable(corpus):
-        return corpus
-    if isinstance(corpus, Mapping):
-        return corpus.__getitem__
-    from .base import corpus_parts
-
-    ids, texts, _ = corpus_parts(corpus)
-    table = dict(zip(ids, texts))
-    return table.__getitem__
+from jmlr.data.lookup import text_lookup
 
 
 def rescore(dual, q_emb, cand_ids: np.ndarray, text_of, *, grad: bool = True):

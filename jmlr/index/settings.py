@@ -10,13 +10,13 @@ from __future__ import annotations
 
 from typing import Any
 
+from .faiss_index import TYPES, _ALIASES, _FAISS_NAMES
+
 _CONSTRUCTION = ("nlist", "nprobe", "pq_m", "pq_bits", "hnsw_m", "ef_construction", "ef_search")
 
 
 def is_named_faiss_type(index_type: str) -> bool:
     """True for jmlr's own faiss kinds (and their aliases), False for an index_factory string."""
-    from .faiss_index import _ALIASES, TYPES
-
     t = str(index_type).lower()
     return _ALIASES.get(t, t) in TYPES
 
@@ -42,8 +42,6 @@ def index_kwargs(index_type: str, params: dict | None = None, storage: str | Non
             raise ValueError(f"index.params.{k} = {v!r}: expected a number")
     if not is_named_faiss_type(t):
         return {"search_params": params} if params else {}
-    from .faiss_index import _FAISS_NAMES
-
     out: dict[str, Any] = {}
     search: dict[str, Any] = {}
     for k, v in params.items():

@@ -18,6 +18,8 @@ from typing import Any, Sequence
 
 import numpy as np
 
+from jmlr.core.fs import write_json_atomic
+
 from .base import BaseIndex, as_float32_tensor, load_index
 
 
@@ -201,8 +203,6 @@ class ShardedIndex:
     # persistence -------------------------------------------------------------------------------------
     def save(self, directory: str | os.PathLike) -> Path:
         """Collective: each rank writes ``DIR/shard-RRRRR-of-WWWWW``; rank 0 then writes ``DIR/meta.json``."""
-        from ._atomic import write_json_atomic
-
         dist = _dist()
         folder = Path(directory)
         self.local.save(folder / f"shard-{self.rank:05d}-of-{self.world:05d}")

@@ -22,7 +22,9 @@ from typing import Callable, Sequence
 
 import numpy as np
 
-from ._atomic import write_json_atomic
+from jmlr.core.fs import run_folder_lock, write_json_atomic
+
+from .base import as_float32_matrix
 
 logger = logging.getLogger(__name__)
 
@@ -79,24 +81,18 @@ class EmbeddingStore:
         """
         from tqdm.auto import tqdm
 
-        from .base import as_float32_matrix
-
         if dtype not in _DTYPES:
             raise ValueError(f"dtype must be one of {sorted(_DTYPES)}, got {dtype!r}")
         if chunk_size < 1:
             raise ValueError(f"chunk_size must be >= 1, got {chunk_size}")
         texts = list(texts)
         n = len(texts)
-        from jmlr.fs import run_folder_lock
-
         self.directory.mkdir(parents=True, exist_ok=True)
         with run_folder_lock(self.directory, f"embedding store {self.directory}"):
             return self._encode(encode_fn, texts, n, fingerprint, dtype, chunk_size, progress)
 
     def _encode(self, encode_fn, texts, n, fingerprint, dtype, chunk_size, progress) -> np.memmap:
         from tqdm.auto import tqdm
-
-        from .base import as_float32_matrix
 
         st = self.state
         start, dim = 0, None

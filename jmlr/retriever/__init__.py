@@ -1,10 +1,12 @@
-"""Retrievers: the :class:`DualEncoder` (query and doc towers), its contrastive trainer, and BM25.
+"""Retrievers: the :class:`DualEncoder` (query and doc towers) and its contrastive trainer.
+
+BM25 lives in :mod:`jmlr.index.bm25` (``jmlr.index.BM25Index``); ``jmlr.retriever.BM25Index`` is a re-export.
 
 Names are imported lazily (``import jmlr.retriever`` does not import torch).
 """
 from __future__ import annotations
 
-from jmlr._lazy import lazy_getattr
+from jmlr.core.lazy import lazy_getattr
 
 _LAZY = {
     "DualEncoder": "jmlr.retriever.dual_encoder",
@@ -13,7 +15,7 @@ _LAZY = {
     "ContrastiveExample": "jmlr.retriever.contrastive",
     "info_nce": "jmlr.retriever.contrastive",
     "mine_hard_negatives": "jmlr.retriever.contrastive",
-    "BM25Index": "jmlr.retriever.bm25",
+    "BM25Index": "jmlr.retriever.bm25",  # re-export of jmlr.index.BM25Index until benchmarks/ imports it there
 }
 
 __all__ = sorted(_LAZY)

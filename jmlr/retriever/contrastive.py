@@ -27,6 +27,8 @@ from typing import Sequence
 import torch
 import torch.nn.functional as F
 
+from jmlr.data.lookup import text_lookup
+
 logger = logging.getLogger(__name__)
 
 
@@ -220,8 +222,6 @@ def mine_hard_negatives(dual, index, queries: Sequence[str], positive_ids: Seque
     ``text_of`` maps an id to its text (callable, dict or Corpus). ``skip_top`` ignores the very top ranks
     (often unlabelled positives). Returns ``n`` negative texts per query.
     """
-    from jmlr.index.rerank import text_lookup
-
     lookup = text_lookup(text_of)
     q = dual.encode_queries(list(queries), batch_size=batch_size, progress=False)  # (Q, d)
     _, ids = index.search(q, depth)  # (Q, depth)

@@ -2,358 +2,36 @@
 
 Loads a sentence-transformers folder or instance (its Pooling mode, Dense / LayerNorm / Dropout modules,
 Normalize, ``max_seq_length`` and query/document prompts are honoured), a plain HF encoder folder or name,
-or a folder written by :meth:`DualEncoder.save_pretrained`.
+or a folder written by :meth:`DualEncoder.save_pretrained`. The pieces live beside it: the pooling modes in
+:mod:`.pooling`, the embedding helpers (shared with the index) in :mod:`.embedding`, the sentence-transformers
+layout in :mod:`.st_layout`, the fast no-grad corpus encoding in :mod:`.encoding`.
 """
 from __future__ import annotations
 
 import copy
-import hashlib
-import importlib
 import json
 import logging
 import os
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Sequence
 
 import torch
 from torch import nn
 
+from jmlr.core.fs import atomic_dir
+from jmlr.models import resolve
+
+from .embedding import (PooledEncoder, PooledOutput, embed_tokens, embedding_state, encode_token_lists,  # noqa: F401
+                        hidden_size, pad_batch, pool, tensor_digest, tower_dim)
+from .encoding import encode_texts
+from .pooling import POOLINGS, parse_pooling, pooling_name  # noqa: F401
+from .st_layout import (DOC_PROMPT_NAMES, _load_tower, _read_json, _save_tower,  # noqa: F401
+                        _sentence_transformers_layout, _st_modules, prompts_to_prefixes,
+                        write_prompts, write_sentence_transformers_layout)
+
 logger = logging.getLogger(__name__)
 
 CONFIG_NAME = "jmlr_retriever.json"
-POOLINGS = ("mean", "cls", "max", "mean_sqrt_len_tokens", "weightedmean", "lasttoken")
-"""Every pooling mode sentence-transformers ships; ``"cls+mean"`` concatenates several (in this order)."""
-_LEGACY_POOLING_KEYS = {"cls": "pooling_mode_cls_token", "max": "pooling_mode_max_tokens",
-                        "mean": "pooling_mode_mean_tokens", "mean_sqrt_len_tokens": "pooling_mode_mean_sqrt_len_tokens",
-                        "weightedmean": "pooling_mode_weightedmean_tokens", "lasttoken": "pooling_mode_lasttoken"}
-_POST_MODULES = ("Dense", "LayerNorm", "Dropout", "Normalize")  # sentence-transformers modules after Pooling
-DOC_PROMPT_NAMES = ("document", "passage", "corpus", "doc")
-
-
-def parse_pooling(mode: str | Sequence[str]) -> tuple[str, ...]:
-    """``"cls+mean"`` (or ``("cls", "mean")``) -> ``("cls", "mean")``; raises on an unknown mode."""
-    modes = tuple(m.strip() for m in mode.split("+")) if isinstance(mode, str) else tuple(mode)
-    bad = [m for m in modes if m not in POOLINGS]
-    if not modes or bad:
-        raise ValueError(f"unknown pooling {mode!r}: expected one of {POOLINGS}, or several joined by '+'")
-    return modes
-
-
-def pooling_name(mode: str | Sequence[str]) -> str:
-    """The canonical string of a pooling mode (several modes joined by ``+``)."""
-    return "+".join(parse_pooling(mode))
-
-
-def pool(hidden: torch.Tensor, mask: torch.Tensor, mode: str) -> torch.Tensor:
-    """Pool token states ``hidden (B, T, H)`` under a right-padded ``mask (B, T)`` into ``(B, H)``.
-
-    Modes (as sentence-transformers' Pooling computes them): ``cls`` (first token), ``mean``, ``max``,
-    ``mean_sqrt_len_tokens`` (sum / sqrt(n)), ``weightedmean`` (token ``t`` weighted by ``t + 1``), ``lasttoken``
-    (the last non-padding token). ``"a+b"`` concatenates: ``(B, 2H)``.
-    """
-    modes = parse_pooling(mode)
-    if len(modes) > 1:
-        return torch.cat([pool(hidden, mask, m) for m in modes], dim=-1)
-    m_ = modes[0]
-    if m_ == "cls":
-        return hidden[:, 0]
-    m = mask.unsqueeze(-1).to(hidden.dtype)  # (B, T, 1)
-    if m_ == "mean":
-        return (hidden * m).sum(1) / m.sum(1).clamp_min(1e-9)
-    if m_ == "mean_sqrt_len_tokens":
-        return (hidden * m).sum(1) / m.sum(1).clamp_min(1e-9).sqrt()
-    if m_ == "max":
-        return hidden.masked_fill(m == 0, float("-inf")).max(1).values
-    if m_ == "weightedmean":
-        w = m * torch.arange(1, hidden.shape[1] + 1, device=hidden.device, dtype=hidden.dtype).view(1, -1, 1)
-        return (hidden * w).sum(1) / w.sum(1).clamp_min(1e-9)
-    last = (mask.sum(1).long() - 1).clamp_min(0)  # lasttoken: (B,)
-    return hidden[torch.arange(hidden.shape[0], device=hidden.device), last]
-
-
-def prompts_to_prefixes(prompts: dict | None, default_prompt_name: str | None = None) -> tuple[str, str]:
-    """``(query_prefix, doc_prefix)`` from sentence-transformers ``prompts`` and ``default_prompt_name``.
-
-    The query prompt is ``prompts["query"]``; the document prompt the first non-empty one of ``document``,
-    ``passage``, ``corpus``, ``doc`` (e5 saves ``passage``, ST's own name is ``document``). A tower without a
-    prompt of its own takes the default prompt, unless that default is the other tower's prompt.
-    """
-    prompts = {k: v for k, v in (prompts or {}).items() if isinstance(v, str) and v}
-    default = prompts.get(default_prompt_name, "") if default_prompt_name else ""
-    q = prompts.get("query")
-    d = next((prompts[n] for n in DOC_PROMPT_NAMES if n in prompts), None)
-    if q is None:
-        q = "" if default_prompt_name in DOC_PROMPT_NAMES else default
-    if d is None:
-        d = "" if default_prompt_name == "query" else default
-    return q, d
-
-
-@dataclass
-class PooledOutput:
-    """What a :class:`PooledEncoder` returns: the token states and the finished sentence embedding."""
-
-    last_hidden_state: torch.Tensor
-    sentence_embedding: torch.Tensor
-
-
-class PooledEncoder(nn.Module):
-    """An HF encoder, a pooling mode and the sentence-transformers modules that follow the pooling (Dense,
-    LayerNorm, Dropout), as one tower: ``forward`` gives the sentence embedding before normalisation.
-
-    DualEncoder uses it only when such modules exist; a bare encoder is used as is otherwise.
-    """
-
-    def __init__(self, encoder: nn.Module, pooling: str, post: Sequence[nn.Module] = ()):
-        super().__init__()
-        self.encoder = encoder
-        self.pooling = pooling_name(pooling)
-        self.post = nn.ModuleList(post)
-        dim = _hidden_size(encoder) * len(parse_pooling(pooling))
-        for m in self.post:
-            dim = int(getattr(m, "out_features", dim))
-        self.embedding_dim = dim
-
-    @property
-    def config(self):
-        return self.encoder.config
-
-    def forward(self, input_ids=None, attention_mask=None, **kwargs) -> PooledOutput:
-        out = self.encoder(input_ids=input_ids, attention_mask=attention_mask, **kwargs)
-        hidden = out.last_hidden_state if hasattr(out, "last_hidden_state") else out[0]  # (B, T, H)
-        feats = {"sentence_embedding": pool(hidden, attention_mask, self.pooling),  # (B, H')
-                 "token_embeddings": hidden, "attention_mask": attention_mask}
-        for m in self.post:
-            feats = m(feats)
-        return PooledOutput(hidden, feats["sentence_embedding"])
-
-
-def pad_batch(token_lists: Sequence[Sequence[int]], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """Right-pad token id lists into ``input_ids (B, T)`` and ``attention_mask (B, T)``."""
-    T = max(1, max(len(t) for t in token_lists))
-    ids = torch.full((len(token_lists), T), pad_id, dtype=torch.long)
-    mask = torch.zeros((len(token_lists), T), dtype=torch.long)
-    for i, t in enumerate(token_lists):
-        ids[i, : len(t)] = torch.as_tensor(t, dtype=torch.long)
-        mask[i, : len(t)] = 1
-    return ids, mask
-
-
-def embed_tokens(model: nn.Module, input_ids: torch.Tensor, attention_mask: torch.Tensor,
-                 pooling: str, normalize: bool) -> torch.Tensor:
-    """Run an HF encoder on a padded batch and pool: ``(B, T)`` ids -> ``(B, d)`` embeddings."""
-    out = model(input_ids=input_ids, attention_mask=attention_mask)
-    emb = getattr(out, "sentence_embedding", None)  # a PooledEncoder pools (and projects) itself
-    if emb is None:
-        hidden = out.last_hidden_state if hasattr(out, "last_hidden_state") else out[0]  # (B, T, H)
-        emb = pool(hidden, attention_mask, pooling)  # (B, H)
-    if normalize:
-        emb = torch.nn.functional.normalize(emb.float(), dim=-1)
-    return emb
-
-
-@torch.no_grad()
-def encode_token_lists(model: nn.Module, token_lists: Sequence[Sequence[int]], *, pad_id: int, pooling: str,
-                       normalize: bool, batch_size: int = 64, progress: bool = False, desc: str = "encode",
-                       out: torch.Tensor | None = None) -> torch.Tensor:
-    """Encode pre-tokenized texts without gradient, longest first (little padding), in input order.
-
-    Returns ``(n, d)`` float32 on CPU (written into ``out`` when given). The model is put in eval mode for
-    the call and restored afterwards.
-    """
-    from tqdm.auto import tqdm
-
-    n = len(token_lists)
-    order = sorted(range(n), key=lambda i: -len(token_lists[i]))
-    device = next(model.parameters()).device
-    was_training = model.training
-    model.eval()
-    try:
-        bar = tqdm(total=n, desc=desc, unit="text", disable=not progress, leave=False)
-        for s in range(0, n, batch_size):
-            idx = order[s:s + batch_size]
-            ids, mask = pad_batch([token_lists[i] for i in idx], pad_id)
-            emb = embed_tokens(model, ids.to(device), mask.to(device), pooling, normalize).float().cpu()  # (b, d)
-            if out is None:
-                out = torch.empty((n, emb.shape[1]), dtype=torch.float32)
-            out[torch.as_tensor(idx)] = emb
-            bar.update(len(idx))
-        bar.close()
-    finally:
-        model.train(was_training)
-    if out is None:  # n == 0
-        out = torch.empty((0, _hidden_size(model)), dtype=torch.float32)
-    return out
-
-
-def _hidden_size(model: nn.Module) -> int:
-    if getattr(model, "embedding_dim", None):
-        return int(model.embedding_dim)
-    cfg = getattr(model, "config", None)
-    return int(getattr(cfg, "hidden_size", 0) or getattr(cfg, "d_model", 0) or 0)
-
-
-def _tower_dim(model: nn.Module, pooling: str) -> int:
-    """Embedding size of a tower: a PooledEncoder's own, else hidden size times the pooled modes."""
-    if isinstance(model, PooledEncoder):
-        return model.embedding_dim
-    return _hidden_size(model) * len(parse_pooling(pooling))
-
-
-def tensor_digest(state: dict[str, torch.Tensor], extra: dict | None = None) -> str:
-    """A content hash (blake2b-128, hex) of named tensors plus a JSON-able ``extra``."""
-    h = hashlib.blake2b(digest_size=16)
-    h.update(json.dumps(extra or {}, sort_keys=True).encode())
-    for name in sorted(state):
-        t = state[name].detach().to("cpu").contiguous()
-        h.update(name.encode())
-        h.update(str(tuple(t.shape)).encode() + str(t.dtype).encode())
-        h.update(t.view(torch.uint8).numpy().tobytes() if t.numel() else b"")
-    return h.hexdigest()
-
-
-def embedding_state(model: nn.Module) -> dict[str, torch.Tensor]:
-    """The tensors that shape the embeddings: the state dict without a pooler head (unused by mean/CLS pooling,
-    and randomly initialised when a checkpoint lacks it, which would make fingerprints differ per load)."""
-    return {k: v for k, v in model.state_dict().items() if not (k.startswith("pooler.") or k.startswith("encoder.pooler."))}
-
-
-def _read_json(path: Path) -> dict:
-    try:
-        return json.loads(path.read_text())
-    except json.JSONDecodeError as e:
-        raise ValueError(f"{path}: invalid JSON at line {e.lineno}: {e.msg}") from e
-
-
-def _pooling_from_config(pcfg: dict, where: Path) -> str:
-    """The pooling mode of a sentence-transformers Pooling config (``pooling_mode``, or the older booleans)."""
-    if pcfg.get("include_prompt") is False:
-        raise ValueError(f"{where}: include_prompt=false (prompt tokens left out of the pooling) is not supported; "
-                         "expected a Pooling module that pools every token")
-    mode = pcfg.get("pooling_mode")
-    if mode:
-        try:
-            return pooling_name(mode)
-        except ValueError as e:
-            raise ValueError(f"{where}: {e}") from None
-    modes = [m for m, key in _LEGACY_POOLING_KEYS.items() if pcfg.get(key)]
-    return "+".join(modes) or "mean"  # sentence-transformers' own default
-
-
-def _post_module_class(kind: str, where: str):
-    """The sentence-transformers class named ``kind`` in a modules.json, if it is a post-pooling module we run."""
-    name = kind.rsplit(".", 1)[-1]
-    if not kind.startswith("sentence_transformers.") or name not in _POST_MODULES:
-        return None
-    module = importlib.import_module(kind.rsplit(".", 1)[0])
-    cls = getattr(module, name, None)
-    if cls is None:
-        raise ValueError(f"{where}: cannot import {kind} with this sentence-transformers version")
-    return cls
-
-
-def _sentence_transformers_layout(folder: Path) -> dict | None:
-    """Read a sentence-transformers folder: transformer sub-path, pooling, post-pooling modules (Dense,
-    LayerNorm, Dropout; as ``(class, path)``), normalize, max length and prompts."""
-    modules_file = folder / "modules.json"
-    if not modules_file.is_file():
-        return None
-    modules = _read_json(modules_file)
-    if not isinstance(modules, list):
-        raise ValueError(f"{modules_file}: expected a JSON list of modules")
-    info: dict = {"transformer": None, "pooling": None, "normalize": False, "max_length": None, "post": [],
-                  "prompts": {}, "default_prompt_name": None}
-    expected = "expected Transformer, Pooling, then Dense / LayerNorm / Dropout / Normalize"
-    for i, m in enumerate(modules):
-        kind = str(m.get("type", ""))
-        sub = folder / m.get("path", "")
-        if kind.endswith(".Transformer"):
-            info["transformer"] = sub
-            cfg = sub / "sentence_bert_config.json"
-            if cfg.is_file():
-                scfg = _read_json(cfg)
-                info["max_length"] = scfg.get("max_seq_length")
-                if scfg.get("do_lower_case"):
-                    raise ValueError(f"{cfg}: do_lower_case=true is not supported; expected a tokenizer that "
-                                     "lower-cases by itself (or none)")
-        elif kind.endswith(".Pooling"):
-            info["pooling"] = _pooling_from_config(_read_json(sub / "config.json"), sub / "config.json")
-        elif kind.endswith(".Normalize") and i == len(modules) - 1:
-            info["normalize"] = True
-        elif info["pooling"] is not None and _post_module_class(kind, str(modules_file)) is not None:
-            info["post"].append((_post_module_class(kind, str(modules_file)), sub))
-        else:
-            raise ValueError(f"{modules_file}: module {i} is {kind or '(no type)'}, which DualEncoder does not "
-                             f"support; {expected}")
-    if info["transformer"] is None:
-        raise ValueError(f"{modules_file}: no sentence_transformers.models.Transformer module listed")
-    st_cfg = folder / "config_sentence_transformers.json"
-    if st_cfg.is_file():
-        c = _read_json(st_cfg)
-        info["prompts"] = c.get("prompts") or {}
-        info["default_prompt_name"] = c.get("default_prompt_name")
-    return info
-
-
-def _load_tower(path: Path, pooling: str, **kw) -> nn.Module:
-    """An HF encoder folder, wrapped in a :class:`PooledEncoder` when its modules.json lists Dense-like modules."""
-    from transformers import AutoModel
-
-    st = _sentence_transformers_layout(path)
-    src = st["transformer"] if st else path
-    model = AutoModel.from_pretrained(str(src), **kw)
-    if st and st["post"]:
-        return PooledEncoder(model, st["pooling"] or pooling, [cls.load(str(sub)) for cls, sub in st["post"]])
-    return model
-
-
-def _save_tower(model: nn.Module, folder: Path, *, pooling: str, normalize: bool, max_length: int) -> None:
-    """Weights (safetensors) plus a sentence-transformers layout (Pooling, post modules, Normalize)."""
-    post = list(model.post) if isinstance(model, PooledEncoder) else []
-    (model.encoder if isinstance(model, PooledEncoder) else model).save_pretrained(folder)
-    write_sentence_transformers_layout(folder, dim=_hidden_size(model.encoder if post else model), pooling=pooling,
-                                       normalize=normalize, max_length=max_length, post=post)
-
-
-def _st_modules(model) -> dict:
-    """Read one SentenceTransformer instance: HF encoder, tokenizer, pooling, post modules, normalize."""
-    mods = list(model)
-    name = type(model).__name__
-    first = mods[0] if mods else None
-    if first is None or not hasattr(first, "auto_model") or getattr(first, "tokenizer", None) is None:
-        raise ValueError(f"{name}: module 0 is {type(first).__name__}; expected a sentence_transformers "
-                         "Transformer module (a text encoder with a tokenizer)")
-    if getattr(first, "do_lower_case", False):
-        raise ValueError(f"{name}: the Transformer module has do_lower_case=True, which DualEncoder does not "
-                         "support; expected a tokenizer that lower-cases by itself")
-    if len(mods) < 2 or type(mods[1]).__name__ != "Pooling":
-        got = type(mods[1]).__name__ if len(mods) > 1 else "nothing"
-        raise ValueError(f"{name}: module 1 is {got}; expected a Pooling module after the Transformer")
-    p = mods[1]
-    if getattr(p, "include_prompt", True) is False:
-        raise ValueError(f"{name}: Pooling(include_prompt=False) is not supported; expected a Pooling module that "
-                         "pools every token")
-    mode = getattr(p, "pooling_mode", None)
-    if not mode or (isinstance(mode, str) and mode not in POOLINGS and "+" not in mode):
-        # sentence-transformers < 5: booleans on the module, and a "cls+mean"-style string helper
-        mode = [m for m, key in _LEGACY_POOLING_KEYS.items() if getattr(p, key, False)] or "mean"
-    pooling = pooling_name(mode)
-    post, normalize = [], False
-    for i, m in enumerate(mods[2:], start=2):
-        kind = type(m).__name__
-        if kind == "Normalize" and i == len(mods) - 1:
-            normalize = True
-        elif kind in _POST_MODULES and getattr(m, "module_input_name", "sentence_embedding") == "sentence_embedding":
-            post.append(m)
-        else:
-            raise ValueError(f"{name}: module {i} is {kind}, which DualEncoder does not support; expected "
-                             "Dense, LayerNorm, Dropout or Normalize modules after the Pooling")
-    enc = first.auto_model
-    tower = PooledEncoder(enc, pooling, post) if post else enc
-    return {"tower": tower, "tokenizer": first.tokenizer, "pooling": pooling, "normalize": normalize,
-            "max_length": first.max_seq_length, "prompts": dict(getattr(model, "prompts", None) or {}),
-            "default_prompt_name": getattr(model, "default_prompt_name", None)}
 
 
 class DualEncoder(nn.Module):
@@ -401,7 +79,7 @@ class DualEncoder(nn.Module):
     @property
     def dim(self) -> int:
         """Embedding size."""
-        return _tower_dim(self.query_model, self.pooling)
+        return tower_dim(self.query_model, self.pooling)
 
     @property
     def device(self) -> torch.device:
@@ -427,8 +105,6 @@ class DualEncoder(nn.Module):
         256 tokens and no prefixes. ``shared=False`` gives the doc tower its own copy of the weights.
         """
         from transformers import AutoModel, AutoTokenizer
-
-        from jmlr.models import resolve
 
         src = resolve(str(name_or_path))
         folder = Path(src)
@@ -495,8 +171,6 @@ class DualEncoder(nn.Module):
         modules, Normalize, the prefixes as ``query`` / ``document`` prompts), so
         ``SentenceTransformer(save_directory)`` loads it.
         """
-        from jmlr.index._atomic import atomic_dir
-
         cfg = self.config_dict()
         layout = {"pooling": self.pooling, "normalize": self.normalize, "max_length": self.max_length}
         with atomic_dir(save_directory) as tmp:
@@ -538,7 +212,7 @@ class DualEncoder(nn.Module):
                 if d[key] != q[key]:
                     raise ValueError(f"doc_model has {key}={d[key]!r} but model has {q[key]!r}; the towers must "
                                      "score in one space (same pooling and normalisation)")
-            qd, dd = _tower_dim(q["tower"], q["pooling"]), _tower_dim(d["tower"], d["pooling"])
+            qd, dd = tower_dim(q["tower"], q["pooling"]), tower_dim(d["tower"], d["pooling"])
             if qd != dd:
                 raise ValueError(f"doc_model gives {dd}-d embeddings but model gives {qd}-d; expected equal sizes")
             if d["tokenizer"].get_vocab() != q["tokenizer"].get_vocab():
@@ -640,8 +314,6 @@ class DualEncoder(nn.Module):
     def _encode(self, texts, tower: str, batch_size: int, progress: bool) -> torch.Tensor:
         if batch_size < 1:
             raise ValueError(f"batch_size must be >= 1, got {batch_size}")
-        from .encoding import encode_texts  # length-sorted, inference_mode, tokenisation overlapped
-
         texts = self._check_texts(texts)
         return encode_texts(self._tower(tower), self.tokenizer, texts, max_length=self.max_length,
                             pooling=self.pooling, normalize=self.normalize, batch_size=batch_size,
@@ -659,41 +331,3 @@ class DualEncoder(nn.Module):
     def extra_repr(self) -> str:
         return (f"name_or_path={self.name_or_path!r}, shared={self.shared}, pooling={self.pooling!r}, "
                 f"normalize={self.normalize}, max_length={self.max_length}, dim={self.dim}")
-
-
-def write_sentence_transformers_layout(folder: str | os.PathLike, *, dim: int, pooling: str, normalize: bool,
-                                       max_length: int, post: Sequence[nn.Module] = ()) -> None:
-    """Write the sentence-transformers module files: Transformer at the root, Pooling (the older boolean keys,
-    which every sentence-transformers version reads), the post-pooling modules (each saved by its own
-    ``save``), and Normalize when ``normalize``."""
-    folder = Path(folder)
-    modes = parse_pooling(pooling)
-    modules = [{"idx": 0, "name": "0", "path": "", "type": "sentence_transformers.models.Transformer"},
-               {"idx": 1, "name": "1", "path": "1_Pooling", "type": "sentence_transformers.models.Pooling"}]
-    for m in post:
-        i = len(modules)
-        name = type(m).__name__
-        (folder / f"{i}_{name}").mkdir(exist_ok=True)
-        m.save(str(folder / f"{i}_{name}"))
-        modules.append({"idx": i, "name": str(i), "path": f"{i}_{name}", "type": f"{type(m).__module__}.{name}"})
-    if normalize:
-        i = len(modules)
-        modules.append({"idx": i, "name": str(i), "path": f"{i}_Normalize",
-                        "type": "sentence_transformers.models.Normalize"})
-        (folder / f"{i}_Normalize").mkdir(exist_ok=True)
-    (folder / "modules.json").write_text(json.dumps(modules, indent=2))
-    (folder / "sentence_bert_config.json").write_text(
-        json.dumps({"max_seq_length": max_length, "do_lower_case": False}, indent=2))
-    (folder / "1_Pooling").mkdir(exist_ok=True)
-    pcfg: dict[str, Any] = {"word_embedding_dimension": dim}
-    pcfg.update({key: mode in modes for mode, key in _LEGACY_POOLING_KEYS.items()})
-    pcfg["include_prompt"] = True
-    (folder / "1_Pooling" / "config.json").write_text(json.dumps(pcfg, indent=2))
-
-
-def write_prompts(folder: str | os.PathLike, query_prefix: str, doc_prefix: str) -> None:
-    """Record the prefixes as sentence-transformers ``query`` / ``document`` prompts (when there are any)."""
-    if not (query_prefix or doc_prefix):
-        return
-    cfg = {"prompts": {"query": query_prefix, "document": doc_prefix}, "default_prompt_name": None}
-    (Path(folder) / "config_sentence_transformers.json").write_text(json.dumps(cfg, indent=2))

@@ -10,7 +10,7 @@
 3. The forward passes run under ``torch.inference_mode`` with the model in eval mode; each batch's
    embeddings are written straight into the preallocated ``(n, d)`` float32 output in input order.
 
-The embeddings equal those of :func:`jmlr.retriever.dual_encoder.encode_token_lists` (the plain path, one
+The embeddings equal those of :func:`jmlr.retriever.embedding.encode_token_lists` (the plain path, one
 batch at a time) up to floating-point summation order: a row's embedding does not depend on which rows share
 its batch, only on its own tokens (padding is masked out).
 """
@@ -23,6 +23,9 @@ from typing import Callable, Iterator, Sequence
 import numpy as np
 import torch
 from torch import nn
+from tqdm.auto import tqdm
+
+from .embedding import embed_tokens, tower_dim
 
 __all__ = ["encode_texts", "padded_batches", "padding_stats", "spare_core"]
 
@@ -89,7 +92,7 @@ def encode_texts(model: nn.Module, tokenizer, texts: Sequence[str], *, max_lengt
     Args:
         model: an HF encoder (its device is used); put in eval mode for the call, then restored.
         tokenizer: its HF tokenizer (``prefix`` is prepended to every text; truncation at ``max_length``).
-        pooling, normalize: as :func:`jmlr.retriever.dual_encoder.embed_tokens`.
+        pooling, normalize: as :func:`jmlr.retriever.embedding.embed_tokens`.
         batch_size: rows per forward pass.
         chunk_batches: batches per tokenized chunk (the unit of overlap and of the token-count re-sort).
         overlap: tokenize the next chunk in a background thread while this one is encoded. ``"auto"``: only
@@ -97,16 +100,12 @@ def encode_texts(model: nn.Module, tokenizer, texts: Sequence[str], *, max_lengt
             tokenizer thread preempts one of them and the whole team waits at each barrier).
         on_tokens: called with the real (unpadded) token count of each batch (cost accounting, benchmarks).
     """
-    from tqdm.auto import tqdm
-
-    from .dual_encoder import _hidden_size, embed_tokens
-
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
     texts = list(texts)
     n = len(texts)
     if out is None:
-        out = torch.empty((n, _hidden_size(model)), dtype=torch.float32)
+        out = torch.empty((n, tower_dim(model, pooling)), dtype=torch.float32)  # (n, d), d = H x pooled modes
     if n == 0:
         return out
     order = np.argsort(-np.fromiter((len(t) for t in texts), dtype=np.int64, count=n), kind="stable")

@@ -9,6 +9,8 @@ from __future__ import annotations
 import random
 from pathlib import Path
 
+from .st_layout import write_sentence_transformers_layout
+
 WORDS = (
     "patient fever cough pain chest heart lung liver kidney blood pressure drug dose infection virus "
     "bacteria antibiotic insulin glucose diabetes cancer tumor cell gene protein enzyme receptor acid "
@@ -56,8 +58,6 @@ def tiny_encoder_dir(path, *, hidden_size: int = 32, num_layers: int = 2, num_he
     model = BertModel(cfg, add_pooling_layer=False)
     model.save_pretrained(path)
     if sentence_transformers:
-        from .dual_encoder import write_sentence_transformers_layout
-
         write_sentence_transformers_layout(path, dim=hidden_size, pooling=pooling, normalize=normalize,
                                            max_length=max_length)
     return path

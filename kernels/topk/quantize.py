@@ -11,6 +11,8 @@ from dataclasses import dataclass
 
 import torch
 
+from . import dispatch  # dispatch imports this module first; QuantizedDocs.search calls dispatch.topk
+
 _DTYPES = {"fp16": torch.float16, "float16": torch.float16, "half": torch.float16,
            "bf16": torch.bfloat16, "bfloat16": torch.bfloat16, "int8": torch.int8}
 
@@ -58,9 +60,7 @@ class QuantizedDocs:
 
     def search(self, queries: torch.Tensor, k: int, *, rerank_k: int | None = None, backend: str = "auto"):
         """``topk(queries, self, k, rerank_k=rerank_k)``: (scores (B, k) f32, indices (B, k) i64), best first."""
-        from . import topk
-
-        return topk(queries, self, k, rerank_k=rerank_k, backend=backend)
+        return dispatch.topk(queries, self, k, rerank_k=rerank_k, backend=backend)
 
     def to(self, device) -> "QuantizedDocs":
         """A copy on ``device`` (the fp32 rows move too when kept)."""

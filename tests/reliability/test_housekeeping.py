@@ -94,7 +94,7 @@ def test_temporaries_of_dead_processes_only_are_removed_without_a_lock(tmp_path)
     assert sorted(p.name for p in tmp_path.iterdir()) == sorted([".idx.tmp-cc", f".idx.tmp-{os.getppid()}-bb"])
 
 
-@pytest.mark.parametrize("where", ["jmlr.index._atomic", "jmlr.train.checkpoint"])
+@pytest.mark.parametrize("where", ["jmlr.core.fs", "jmlr.train.checkpoint"])
 def test_atomic_dir_fsyncs_files_and_folders(tmp_path, monkeypatch, where):
     import importlib
 

@@ -5,7 +5,7 @@ import threading
 import pytest
 import torch
 
-from jmlr.retriever.dual_encoder import encode_token_lists, pad_batch
+from jmlr.retriever.embedding import encode_token_lists, pad_batch
 from jmlr.retriever.encoding import encode_texts, padded_batches, padding_stats
 
 
@@ -39,7 +39,7 @@ def test_each_row_matches_its_own_unpadded_forward(dual):
     for i in (0, 1, 5, 39):
         ids, mask = pad_batch(dual.tokenize([texts[i]], "doc"), dual.tokenizer.pad_token_id)
         with torch.no_grad():
-            from jmlr.retriever.dual_encoder import embed_tokens
+            from jmlr.retriever.embedding import embed_tokens
 
             one = embed_tokens(dual.doc_model, ids, mask, dual.pooling, dual.normalize)[0]
         torch.testing.assert_close(got[i], one, atol=1e-5, rtol=0)

@@ -7,7 +7,9 @@ import pytest
 import torch
 
 from jmlr.retriever import DualEncoder
-from jmlr.retriever.dual_encoder import POOLINGS, pool, prompts_to_prefixes
+from jmlr.retriever.embedding import pool
+from jmlr.retriever.pooling import POOLINGS
+from jmlr.retriever.st_layout import prompts_to_prefixes
 
 
 @pytest.fixture(scope="module")

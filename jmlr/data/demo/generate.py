@@ -28,6 +28,8 @@ import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from jmlr.core.fs import atomic_file
+
 SEED = 20240611
 N_CLASSES = 20
 DRUGS_PER_CLASS = 13
@@ -617,11 +619,9 @@ def generate(seed: int = SEED) -> tuple[list[dict], dict[str, list[dict]]]:
 
 
 def _write_jsonl(path: Path, rows: list[dict]) -> None:
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    with open(tmp, "w", encoding="utf-8", newline="\n") as f:
+    with atomic_file(path) as tmp, open(tmp, "w", encoding="utf-8", newline="\n") as f:
         for r in rows:
             f.write(json.dumps(r, ensure_ascii=False) + "\n")
-    os.replace(tmp, path)
 
 
 def write(out_dir: str | os.PathLike, seed: int = SEED) -> dict[str, int]:

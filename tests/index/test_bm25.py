@@ -3,7 +3,7 @@ import numpy as np
 import pytest
 
 from jmlr.index import load_index
-from jmlr.retriever import BM25Index
+from jmlr.index import BM25Index
 
 DOCS = {
     "a": "aspirin irreversibly inhibits cyclooxygenase in platelets",
