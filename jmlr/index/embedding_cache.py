@@ -21,18 +21,17 @@ True
 """
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import json
 import logging
 import os
-import tempfile
 from pathlib import Path
 
 import numpy as np
 import torch
 
-from jmlr.fs import fsync_path, tmp_prefix, write_json_atomic
+from jmlr.core.fs import atomic_file, write_json_atomic
+from jmlr.core.paths import cache_dir
 
 logger = logging.getLogger(__name__)
 
@@ -41,8 +40,6 @@ FORMAT_VERSION = 1
 
 def default_folder() -> Path:
     """``$JMLR_CACHE/embeddings`` (``~/.cache/jmlr/embeddings`` by default)."""
-    from jmlr.models import cache_dir
-
     return cache_dir() / "embeddings"
 
 
@@ -93,19 +90,8 @@ class EmbeddingCache:
         """Store ``emb (n, d)`` under ``key`` atomically (the matrix first, then its sidecar)."""
         npy, side = self._paths(key)
         arr = np.ascontiguousarray(emb.detach().float().cpu().numpy())
-        self.folder.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=tmp_prefix(npy.name), suffix=".tmp", dir=self.folder)
-        try:
-            with os.fdopen(fd, "wb") as f:
-                np.save(f, arr, allow_pickle=False)
-                f.flush()
-                os.fsync(f.fileno())
-            os.replace(tmp, npy)
-        except BaseException:
-            with contextlib.suppress(FileNotFoundError):
-                os.unlink(tmp)
-            raise
-        fsync_path(self.folder)
+        with atomic_file(npy) as tmp, open(tmp, "wb") as f:
+            np.save(f, arr, allow_pickle=False)
         write_json_atomic(side, {"format_version": FORMAT_VERSION, "rows": int(arr.shape[0]),
                                  "dim": int(arr.shape[1]), "encode_s": encode_s})
         return npy

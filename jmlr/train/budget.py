@@ -27,6 +27,8 @@ from typing import Callable, Sequence
 import numpy as np
 import torch
 
+from jmlr.index.sharded import collective_device
+
 
 class TimeBudget:
     """The stop rule of ``optim.max_time_s`` (``max_time_s`` 0 or None: no limit)."""
@@ -68,8 +70,6 @@ def all_ranks_agree(ok: bool, device: torch.device | str | None = None) -> bool:
 
     if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
         return bool(ok)
-    from jmlr.index.sharded import collective_device
-
     t = torch.tensor([1 if ok else 0], dtype=torch.int32, device=collective_device(prefer=device))
     dist.all_reduce(t, op=dist.ReduceOp.MIN)
     return bool(t.item())

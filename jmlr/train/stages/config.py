@@ -8,7 +8,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Optional
 
-from jmlr.config import _f
+from jmlr.core.fields import config_field as _f
 
 __all__ = ["StageModelConfig", "StageOptimConfig", "StageRunConfig", "check_optim", "load_stage_config",
            "save_stage_config"]

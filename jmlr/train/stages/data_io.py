@@ -78,7 +78,7 @@ def add_special_tokens_for(reader) -> bool:
 
 def iter_json_lines(path: str | os.PathLike, expected: str) -> Iterable[tuple[str, dict]]:
     """``("line N", record)`` for a JSONL file (or a JSON array), errors naming the file and line."""
-    from jmlr.data._io import iter_records
+    from jmlr.data import iter_records
 
     return iter_records(path, expected)
 
