@@ -186,7 +186,9 @@ def fresh_models(args):
     if key not in _MODELS:
         _MODELS.clear()
         _MODELS[key] = jvs.load_models(args)
-    return copy.deepcopy(_MODELS[key])
+    pair = _MODELS[key]
+    memo = {id(m.tokenizer): m.tokenizer for m in pair if getattr(m, "tokenizer", None) is not None}
+    return copy.deepcopy(pair, memo)  # the tokenizers (never trained) are shared, the weights copied
 
 
 def run_arm(arm: str, args, train, test, corpus, related, out: Path) -> dict:

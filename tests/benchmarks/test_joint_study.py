@@ -16,8 +16,9 @@ sys.path.insert(0, str(ROOT))
 
 from benchmarks import joint_study as js  # noqa: E402
 
-# The smoke runs test the study's logic, not the compiled top-k (tests/kernels does): no JIT build here.
-ENV = {**os.environ, "JMLR_KERNELS_NO_BUILD": "1"}
+# The smoke runs test the study's logic, not the compiled top-k (tests/kernels does): no JIT build here; and one
+# thread, since tiny tensors gain nothing from more and a shared host makes their barriers slow.
+ENV = {**os.environ, "JMLR_KERNELS_NO_BUILD": "1", "OMP_NUM_THREADS": "1"}
 
 
 def test_quick_study_writes_arms_and_paired_comparisons(tmp_path, tiny_encoder_dir, tiny_reader_dir):
@@ -144,7 +145,8 @@ def test_fixed_candidates_come_from_the_initial_retriever(tmp_path, tiny_encoder
     corpus = Corpus([Passage(id=f"p{i}", text=f"Drug {i} goes with {fruits[i % 8]}.") for i in range(16)])
     qa = [QAExample(id=f"q{i}", question=f"Which fruit goes with drug {i}?", options={"A": fruits[i % 8], "B": "rice"},
                     answer="A", gold_passage_ids=[f"p{i}"]) for i in range(6)]
-    cfg = load_config(None, [f"output_dir={tmp_path}", "optim.steps=3", "optim.batch_size=2", "index.top_k=4",
+    # index.type=flat (faiss): the key is about which candidates the loop uses, not about the compiled top-k
+    cfg = load_config(None, [f"output_dir={tmp_path}", "optim.steps=3", "optim.batch_size=2", "index.top_k=4", "index.type=flat",
                              "index.fixed_candidates=true", "refresh.every=0", "retriever.lr=1e-2",
                              "optim.warmup_steps=0", "optim.precision=fp32", "eval_every=0", "loss.name=jmlr_rank",
                              "index.sample_m=2", 'loss.options={"num_samples": 2}'])
