@@ -232,6 +232,13 @@ def run_arm(arm: str, args, train, test, corpus, related, out: Path) -> dict:
             "step_s": step_s, "curve": curve, "correct": correct}
 
 
+def _peak_rss_gb() -> float:
+    """This process's peak resident memory (a leak across runs shows as growth from line to line)."""
+    import resource
+
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2 ** 20  # KiB on Linux
+
+
 def summarise_arm(arm: str, runs: list[dict], question_ids: list[str]) -> dict:
     acc, rec = seed_summary([r["accuracy"] for r in runs]), seed_summary([r["recall_at_5"] for r in runs])
     wall, flops = seed_summary([r["wall_s"] for r in runs]), seed_summary([r["flops"] for r in runs])
@@ -294,7 +301,8 @@ def run_study(args, name: str, out: Path) -> dict | None:
             el = time.perf_counter() - t_start
             rec = "-" if r["recall_at_5"] is None else f"{r['recall_at_5']:.3f}"
             print(f"[{name}] ({done}/{total}) {arm:<24} seed {seed}: acc={r['accuracy']:.3f} R@5={rec} "
-                  f"wall={r['wall_s']:.1f}s elapsed={el:.0f}s eta={el / done * (total - done):.0f}s", flush=True)
+                  f"wall={r['wall_s']:.1f}s elapsed={el:.0f}s eta={el / done * (total - done):.0f}s "
+                  f"peak_rss={_peak_rss_gb():.1f}GB", flush=True)
         results.append(summarise_arm(arm, runs, qids))
     by = {r["arm"]: r for r in results}
     comparisons = [compare(by[x], by[y], args) for x, y in COMPARISONS if x in by and y in by]
@@ -439,15 +447,16 @@ def parse_args(argv=None):
     p.add_argument("--settings", help="a joint_study_sweep_*.json: use its dev choice (retriever lr, temperature, K)")
     p.add_argument("--quiet", action="store_true")
     args = p.parse_args(argv)
-    if args.quick:
-        args.steps, args.pretrain_steps, args.contrastive_steps = 2, 2, 2
-        args.batch, args.k, args.rank_k, args.pool_k = 2, 2, 4, 6
-        args.n_train, args.n_test, args.n_dev, args.refresh_every, args.curve_points = 12, 8, 4, 1, 1
-        args.max_corpus, args.n_boot = args.max_corpus or 48, 500
-        if args.seeds == p.get_default("seeds"):
-            args.seeds = "0,1"
-        if args.sweep_retriever_lr == p.get_default("sweep_retriever_lr"):
-            args.sweep_retriever_lr, args.sweep_temperature, args.sweep_k = "3e-5,3e-4", "0.05", "2"
+    if args.quick:  # small values for what the command line left at its default
+        quick = {"steps": 2, "pretrain_steps": 2, "contrastive_steps": 2, "batch": 2, "k": 2, "rank_k": 4, "pool_k": 6,
+                 "n_train": 12, "n_test": 8, "n_dev": 4, "refresh_every": 1, "curve_points": 1, "max_corpus": 48,
+                 "n_boot": 500, "seeds": "0,1", "sweep_retriever_lr": "3e-5,3e-4", "sweep_temperature": "0.05",
+                 "sweep_k": "2"}
+        given = {a.split("=")[0][2:].replace("-", "_") for a in (sys.argv[1:] if argv is None else argv)
+                 if a.startswith("--")}
+        for key, value in quick.items():
+            if key not in given:
+                setattr(args, key, value)
     args.seeds = _ints(args.seeds)
     args.seed = args.seeds[0]
     args.sweep_retriever_lr, args.sweep_temperature = _floats(args.sweep_retriever_lr), _floats(args.sweep_temperature)
