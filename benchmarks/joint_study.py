@@ -288,39 +288,68 @@ def run_study(args, name: str, out: Path) -> dict | None:
     print(f"[{name}] train={len(train)} test={len(test)} corpus={len(corpus)} arms={len(arms)} seeds={args.seeds}"
           + (f" (skipped {skipped}: no passage labels)" if skipped else ""), flush=True)
     qids = [q.id for q in test]
-    total, done, t_start = len(arms) * len(args.seeds), 0, time.perf_counter()
-    results = []
-    for arm in arms:
-        runs = []
-        for seed in args.seeds:
-            a = copy.copy(args)
-            a.seed = seed
-            r = run_arm(arm, a, train, test, corpus, related, out / name / arm / f"seed-{seed}")
-            runs.append(r)
-            done += 1
-            el = time.perf_counter() - t_start
-            rec = "-" if r["recall_at_5"] is None else f"{r['recall_at_5']:.3f}"
-            print(f"[{name}] ({done}/{total}) {arm:<24} seed {seed}: acc={r['accuracy']:.3f} R@5={rec} "
-                  f"wall={r['wall_s']:.1f}s elapsed={el:.0f}s eta={el / done * (total - done):.0f}s "
-                  f"peak_rss={_peak_rss_gb():.1f}GB", flush=True)
-        results.append(summarise_arm(arm, runs, qids))
-    by = {r["arm"]: r for r in results}
-    comparisons = [compare(by[x], by[y], args) for x, y in COMPARISONS if x in by and y in by]
-    for r in results:
-        r["curve_mean"] = mean_curve(r["runs"])
-    payload = {"dataset": name, "data": info, "recall": "topic" if related is not None else "gold",
-               "arms": results, "comparisons": comparisons, "quick": args.quick, "machine": machine_info(),
-               "settings": {k: v for k, v in vars(args).items() if k != "out"},
-               "test_ids_sha1": hashlib.sha1("\n".join(qids).encode()).hexdigest()}
-    if "b_pretrain_then_sft" in by:  # time for each joint arm to reach (b)'s mean accuracy, on its mean curve
-        b = by["b_pretrain_then_sft"]
-        payload["time_to_b_accuracy_s"] = {
-            r["arm"]: next((c["wall_s"] for c in r["curve_mean"] if c["accuracy_mean"] >= b["accuracy_mean"]), None)
-            for r in results if r["arm"] not in CLOSED_BOOK}
-        payload["b_wall_s_mean"] = b["wall_s_mean"]
+    sha = hashlib.sha1("\n".join(qids).encode()).hexdigest()
+    runs_by = {arm: {} for arm in ARMS}  # arm -> seed -> run
+    if args.append:
+        for arm, seeds in previous_runs(out / f"joint_study_{name}.json", sha, args).items():
+            runs_by[arm].update(seeds)
+    todo = [(arm, seed) for arm in arms for seed in args.seeds if seed not in runs_by[arm]]
+    def collect() -> dict:  # the study so far: written after every run, so a killed session keeps its runs
+        results = [summarise_arm(arm, [runs_by[arm][s] for s in sorted(runs_by[arm])], qids)
+                   for arm in ARMS if runs_by[arm]]
+        by = {r["arm"]: r for r in results}
+        comparisons = [compare(by[x], by[y], args) for x, y in COMPARISONS if x in by and y in by]
+        for r in results:
+            r["curve_mean"] = mean_curve(r["runs"])
+        payload = {"dataset": name, "data": info, "recall": "topic" if related is not None else "gold",
+                   "arms": results, "comparisons": comparisons, "quick": args.quick, "machine": machine_info(),
+                   "settings": {k: v for k, v in vars(args).items() if k != "out"},
+                   "test_ids_sha1": sha}
+        if "b_pretrain_then_sft" in by:  # time for each joint arm to reach (b)'s mean accuracy, on its mean curve
+            b = by["b_pretrain_then_sft"]
+            payload["time_to_b_accuracy_s"] = {
+                r["arm"]: next((c["wall_s"] for c in r["curve_mean"] if c["accuracy_mean"] >= b["accuracy_mean"]), None)
+                for r in results if r["arm"] not in CLOSED_BOOK}
+            payload["b_wall_s_mean"] = b["wall_s_mean"]
+        return payload
+
+    total, done, t_start = len(todo), 0, time.perf_counter()
+    for arm, seed in todo:
+        a = copy.copy(args)
+        a.seed = seed
+        r = run_arm(arm, a, train, test, corpus, related, out / name / arm / f"seed-{seed}")
+        runs_by[arm][seed] = r
+        done += 1
+        el = time.perf_counter() - t_start
+        rec = "-" if r["recall_at_5"] is None else f"{r['recall_at_5']:.3f}"
+        print(f"[{name}] ({done}/{total}) {arm:<24} seed {seed}: acc={r['accuracy']:.3f} R@5={rec} "
+              f"wall={r['wall_s']:.1f}s elapsed={el:.0f}s eta={el / done * (total - done):.0f}s "
+              f"peak_rss={_peak_rss_gb():.1f}GB", flush=True)
+        write_json(out / f"joint_study_{name}.json", collect())
+    payload = collect()
     write_json(out / f"joint_study_{name}.json", payload)
     write_report(payload, out)
     return payload
+
+
+SAME_SETTINGS = ("steps", "pretrain_steps", "contrastive_steps", "batch", "k", "rank_k", "pool_k", "temperature",
+                 "n_train", "n_test", "split_seed", "reader", "retriever", "template", "target", "lr", "retriever_lr",
+                 "refresh_every", "max_length", "curve_points", "max_corpus", "precision")
+
+
+def previous_runs(path: Path, sha: str, args) -> dict:
+    """``--append``: the runs an earlier invocation wrote to ``path`` (same test questions and settings)."""
+    import json
+
+    if not path.is_file():
+        return {}
+    old = json.loads(path.read_text())
+    if old.get("test_ids_sha1") != sha:
+        raise SystemExit(f"--append: {path} was scored on other test questions; use another --out")
+    diff = [k for k in SAME_SETTINGS if old["settings"].get(k) != getattr(args, k)]
+    if diff:
+        raise SystemExit(f"--append: {path} has other settings ({', '.join(diff)}); use another --out")
+    return {a["arm"]: {r["seed"]: r for r in a["runs"]} for a in old["arms"]}
 
 
 def write_report(payload: dict, out: Path) -> None:
@@ -445,6 +474,9 @@ def parse_args(argv=None):
     p.add_argument("--sweep-temperature", default="0.02,0.05,0.1")
     p.add_argument("--sweep-k", default="3,5")
     p.add_argument("--settings", help="a joint_study_sweep_*.json: use its dev choice (retriever lr, temperature, K)")
+    p.add_argument("--append", action="store_true", help="keep the runs already in OUT/joint_study_<dataset>.json "
+                   "(same test questions and settings) and run only the missing arm/seed pairs: a study split over "
+                   "several sessions")
     p.add_argument("--quiet", action="store_true")
     args = p.parse_args(argv)
     if args.quick:  # small values for what the command line left at its default

@@ -166,3 +166,25 @@ def test_fixed_candidates_come_from_the_initial_retriever(tmp_path, tiny_encoder
     assert torch.equal(torch.stack([t._pool[id(ex)] for ex in t.train_data]), ref)
     moved = [not torch.equal(a, b) for a, b in zip(initial.state_dict().values(), retriever.state_dict().values())]
     assert any(moved)  # the retriever still trains on its fixed pool
+
+
+def test_append_adds_only_the_missing_runs(tmp_path, tiny_encoder_dir, tiny_reader_dir):
+    def run(*extra):
+        return subprocess.run([sys.executable, str(ROOT / "benchmarks" / "joint_study.py"), "--quick", "--quiet",
+                               "--out", str(tmp_path), "--datasets", "demo", "--reader", tiny_reader_dir,
+                               "--retriever", tiny_encoder_dir, *extra], capture_output=True, text=True, timeout=600,
+                              env=ENV)
+
+    r = run("--arms", "c_frozen_rag", "--seeds", "0")
+    assert r.returncode == 0, r.stderr[-3000:]
+    first = json.loads((tmp_path / "joint_study_demo.json").read_text())
+    r = run("--append", "--arms", "c_frozen_rag,e_joint_rag_sequence", "--seeds", "0,1")
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert "(3/3) e_joint_rag_sequence" in r.stdout  # c seed 0 was not run again
+    payload = json.loads((tmp_path / "joint_study_demo.json").read_text())
+    by = {a["arm"]: a for a in payload["arms"]}
+    assert by["c_frozen_rag"]["seeds"] == [0, 1] and by["e_joint_rag_sequence"]["seeds"] == [0, 1]
+    assert by["c_frozen_rag"]["runs"][0] == first["arms"][0]["runs"][0]
+    assert [(c["a"], c["b"]) for c in payload["comparisons"]] == [("e_joint_rag_sequence", "c_frozen_rag")]
+    r = run("--append", "--arms", "c_frozen_rag", "--seeds", "2", "--steps", "3")
+    assert r.returncode != 0 and "other settings (steps)" in r.stderr
