@@ -25,7 +25,9 @@ Recall@k there counts passages of the question's own subject and topic). The Med
 
 ``--sweep`` runs a dev-only grid (retriever lr x temperature x K) for one arm and writes
 ``OUT/joint_study_sweep_<dataset>.json``; the dev split is carved out of the training pool, the test split is
-dropped before the sweep starts. ``--settings`` that JSON applies its choice to a study run.
+dropped before the sweep starts. ``--settings`` that JSON applies its choice to a study run. ``--append`` keeps
+the runs already in the output JSON and runs only the missing arm/seed pairs (a study split over sessions, or one
+process per arm); the JSON is rewritten after every run.
 
     python benchmarks/joint_study.py --quick --out bench/
     python benchmarks/joint_study.py --sweep --datasets medmcqa --out bench/
