@@ -69,3 +69,36 @@ def new_figure(*args, **kwargs):
     import matplotlib.pyplot as plt
 
     return plt.subplots(*args, **kwargs)
+
+
+# ----------------------------------------------------------------------------------------------- intervals
+
+def seed_summary(values: Sequence[float], level: float = 0.95) -> dict[str, Any]:
+    """``{mean, ci95, n}`` of per-seed values (t interval; ``ci95`` is None for one seed): see benchmarks._stats."""
+    from benchmarks._stats import mean_ci
+
+    vals = [float(v) for v in values if v is not None]
+    if not vals:
+        return {"mean": None, "ci95": None, "n": 0}
+    m, ci = mean_ci(vals, level)
+    return {"mean": m, "ci95": list(ci) if ci is not None else None, "n": len(vals)}
+
+
+def fmt_interval(mean: float | None, ci: Sequence[float] | None, digits: int = 3) -> str:
+    """A table cell ``mean ± half-width`` (``mean`` alone without an interval, empty for None).
+
+    >>> fmt_interval(0.5871, [0.5702, 0.6040])
+    '0.587 ± 0.017'
+    """
+    if mean is None:
+        return ""
+    if ci is None:
+        return f"{mean:.{digits}f}"
+    return f"{mean:.{digits}f} ± {(ci[1] - ci[0]) / 2:.{digits}f}"
+
+
+def fmt_p(p: float | None) -> str:
+    """A p-value cell: 3 significant digits, ``<1e-4`` below that."""
+    if p is None:
+        return ""
+    return "<1e-4" if p < 1e-4 else f"{p:.3g}"

@@ -74,17 +74,33 @@ def load_models(args):
                                    target=args.target))
 
 
-def closed_book_accuracy(reader, test, precision: str) -> float:
+def closed_book_predictions(reader, test, precision: str) -> list:
+    """The reader's predicted letter per test question, without passages."""
     import torch
 
     from jmlr.core.precision import resolve_precision
-    from jmlr.eval.mcq import mcq_accuracy
 
     preds = []
     with torch.no_grad(), resolve_precision(precision, reader.device).autocast(reader.device):
         for i in range(0, len(test), 8):
             preds += reader.predict(test[i:i + 8], None)
-    return mcq_accuracy(preds, [ex.answer for ex in test])["accuracy"]
+    return preds
+
+
+def closed_book_accuracy(reader, test, precision: str) -> float:
+    from jmlr.eval.mcq import mcq_accuracy
+
+    return mcq_accuracy(closed_book_predictions(reader, test, precision), [ex.answer for ex in test])["accuracy"]
+
+
+def cap_corpus(corpus, examples, max_corpus: int):
+    """At most ``max_corpus`` passages: the examples' gold passages, then distractors up to the cap."""
+    if not max_corpus or len(corpus) <= max_corpus:
+        return corpus
+    gold = sorted({corpus.index_of(g) for q in examples for g in q.gold_passage_ids})
+    taken = set(gold)
+    rest = [i for i in range(len(corpus)) if i not in taken]
+    return corpus.select(sorted(gold + rest[:max(max_corpus - len(gold), 0)]))
 
 
 def sft_closed_book(args, reader, train, out: Path) -> dict:
@@ -126,26 +142,30 @@ def contrastive(args, retriever, train, corpus) -> dict:
 
 
 def rag_arm(args, retriever, reader, train, test, corpus, out: Path, frozen: bool,
-            curve_points: int = 0) -> tuple[dict, dict, float, list]:
+            curve_points: int = 0, overrides=(), evaluator=None, run_plot: bool = True) -> tuple[dict, dict, float, list]:
     """Train one RAG arm; returns (run summary, final test metrics, training wall s, curve).
 
     With ``curve_points`` > 0 the test split is also evaluated before the first step and every
     ``steps / curve_points`` steps; the curve is ``[(training wall s, step, accuracy, recall@5)]`` where the
     wall clock excludes every evaluation (their time is subtracted), so it is comparable with the other arms'
-    training times.
+    training times. ``overrides``: config ``key=value`` items after the shared ones (the arm's own settings);
+    ``evaluator(trainer, examples, split)``: replaces ``trainer.evaluate`` for every evaluation;
+    ``run_plot=False`` skips the run folder's curves.png (a study plots its own).
     """
     from jmlr.config import load_config
     from jmlr.train.trainer import JointTrainer
 
-    ov = base_overrides(args, out) + ([f"retriever.frozen=true", "refresh.every=0"] if frozen else [])
+    ov = base_overrides(args, out) + (["retriever.frozen=true", "refresh.every=0"] if frozen else []) + list(overrides)
     if curve_points:
         ov += [f"eval_every={max(args.steps // curve_points, 1)}"]
     cfg = load_config(None, ov)
     trainer = JointTrainer(cfg, retriever, reader, corpus, train, test if curve_points else None,
                            progress=not args.quiet)
+    if not run_plot:
+        trainer.plot = lambda *a, **kw: None
     curve, t0 = [], time.perf_counter()
+    evaluate = trainer.evaluate if evaluator is None else (lambda ex, split="dev", **kw: evaluator(trainer, ex, split))
     if curve_points:
-        evaluate = trainer.evaluate
 
         def timed_evaluate(examples, *a, **kw):  # record each evaluation at the training time spent so far
             t_in = time.perf_counter()
@@ -159,7 +179,7 @@ def rag_arm(args, retriever, reader, train, test, corpus, out: Path, frozen: boo
         trainer.evaluate(test, split="test")  # step 0: the off-the-shelf models with retrieval
     summary = trainer.train()
     wall = time.perf_counter() - t0 - sum(c[4] for c in curve)
-    res = trainer.evals[-1] if curve_points else trainer.evaluate(test, split="test")
+    res = trainer.evals[-1] if curve_points else evaluate(test, split="test")
     trainer.retrieval.close()
     curve = [list(c[:4]) for c in curve]
     if curve:  # the final evaluation is the arm's result, at its whole training time (final checkpoint included)
@@ -173,10 +193,7 @@ def run_dataset(args, name: str, out: Path) -> list[dict]:
         print(f"[{name}] skipped: {SHARED} not found")
         return []
     train, test, corpus = data
-    if args.max_corpus and len(corpus) > args.max_corpus:  # the gold passages, then distractors up to the cap
-        gold = sorted({corpus.index_of(g) for q in train + test for g in q.gold_passage_ids})
-        rest = [i for i in range(len(corpus)) if i not in set(gold)]
-        corpus = corpus.select(sorted(gold + rest[:max(args.max_corpus - len(gold), 0)]))
+    corpus = cap_corpus(corpus, train + test, args.max_corpus)
     print(f"[{name}] train={len(train)} test={len(test)} corpus={len(corpus)}", flush=True)
     rows = []
 

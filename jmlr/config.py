@@ -96,6 +96,8 @@ class IndexConfig:
     over_retrieve: int = _f(0, "K' > K: retrieve K' from the (possibly stale) index, rerank with the current "
                                "doc tower, keep K (0 = off)")
     sample_m: int = _f(0, "m < K: sample m of the K candidates from softmax(s) per step as JMLR does (0 = off)")
+    fixed_candidates: bool = _f(False, "JMLR as released: search every training question's K' candidates once, with the "
+                                       "initial retriever at the first step, and reuse them all run (no search after)")
     storage: str = _f("fp32", "stored embedding precision for the exact index: fp32, fp16, bf16, int8")
     embedding_cache: bool = _f(False, "reuse the initial corpus embeddings from $JMLR_CACHE/embeddings when the doc "
                                       "tower, corpus and precision are the same (the first run writes them)")

@@ -582,7 +582,10 @@ class JointTrainer:
         # 1. retrieve K' candidates from the current (possibly stale) index
         with torch.no_grad():
             q = self.retriever.embed_queries(questions).float()  # (B, d)
-        _, cand = self.retrieval.search(q, Kp)  # (B, K') corpus rows
+        if cfg.index.fixed_candidates:  # JMLR as released: each question's pool from the initial retriever
+            cand = self._fixed_candidates(batch, Kp, q.device)  # (B, K')
+        else:
+            _, cand = self.retrieval.search(q, Kp)  # (B, K') corpus rows
         # 2. over-retrieval: rerank the K' with the current doc tower and keep K
         if Kp > K:
             with torch.no_grad():
@@ -614,6 +617,14 @@ class JointTrainer:
                      "retr_agree": float((scores.argmax(-1) == best).float().mean()),
                      "loglik_mean": float(out["loglik"].float().mean())}
         return loss, stats
+
+    def _fixed_candidates(self, batch: list, k: int, device) -> torch.Tensor:
+        """``index.fixed_candidates``: all training questions searched once, on first use (a resume searches again)."""
+        if getattr(self, "_pool", None) is None:
+            with torch.no_grad():
+                q = self.retriever.encode_queries([ex.question for ex in self.train_data], progress=False).float()
+            self._pool = dict(zip(map(id, self.train_data), self.retrieval.search(q.to(device), k)[1]))
+        return torch.stack([self._pool[id(ex)] for ex in batch])
 
     def _sample_candidates(self, q: torch.Tensor, cand: torch.Tensor) -> torch.Tensor:
         """Gumbel-top-m sampling without replacement from softmax(s/tau) over the K candidates."""
