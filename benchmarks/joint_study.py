@@ -88,15 +88,15 @@ def other_explanations(train, test, corpus) -> tuple[list, list, object, dict, d
     the contamination check, which raises if any question still meets its own explanation.
     """
     from jmlr.data import contamination
-    from jmlr.data.text import normalize_text
+    from jmlr.data.text import normalize_for_dedup
 
     own = {g for q in train + test for g in q.gold_passage_ids}
-    own_text = {normalize_text(corpus[corpus.index_of(g)].text) for g in own}
-    keep = [i for i, p in enumerate(corpus) if p.id not in own and normalize_text(p.text) not in own_text]
+    own_text = {normalize_for_dedup(corpus[corpus.index_of(g)].text) for g in own}
+    keep = [i for i, p in enumerate(corpus) if p.id not in own and normalize_for_dedup(p.text) not in own_text]
     other = corpus.select(keep)
-    ids, texts = set(other.ids), {normalize_text(p.text) for p in other}
+    ids, texts = set(other.ids), {normalize_for_dedup(p.text) for p in other}
     met = [q.id for q in train + test
-           if any(g in ids or normalize_text(corpus[corpus.index_of(g)].text) in texts for g in q.gold_passage_ids)]
+           if any(g in ids or normalize_for_dedup(corpus[corpus.index_of(g)].text) in texts for g in q.gold_passage_ids)]
     if met:
         raise RuntimeError(f"contamination check failed: {len(met)} questions meet their own explanation "
                            f"(first: {met[0]})")

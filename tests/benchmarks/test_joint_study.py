@@ -122,15 +122,15 @@ def test_other_explanations_removes_own_and_duplicate_explanations():
 def test_other_explanations_on_medmcqa():
     if not (js.jvs.SHARED / "medmcqa" / "dev.json").is_file():
         pytest.skip(f"MedMCQA is not in {js.jvs.SHARED} (a user's machine)")
-    from jmlr.data.text import normalize_text
+    from jmlr.data.text import normalize_for_dedup
 
     args = js.parse_args(["--out", "x", "--n-train", "200", "--n-test", "50"])
     train, test, corpus, related, info = js.load_study_data("medmcqa_other", args)
     _, _, full = js.jvs.load_dataset("medmcqa", 200, 50, 0)
     own_ids = {f"medmcqa-exp-{q.id}" for q in train + test}
     assert own_ids <= set(full.ids) and not own_ids & set(corpus.ids)
-    own_texts = {normalize_text(full[full.index_of(i)].text) for i in own_ids}
-    assert not own_texts & {normalize_text(p.text) for p in corpus}
+    own_texts = {normalize_for_dedup(full[full.index_of(i)].text) for i in own_ids}
+    assert not own_texts & {normalize_for_dedup(p.text) for p in corpus}
     assert info["corpus"] == len(corpus) > 1000 and info["test_with_related"] > 0
 
 
