@@ -27,10 +27,6 @@ COMPONENTS = ("data", "retriever", "index", "reader", "losses", "eval", "models"
 # branches are merged: (rule, importing module, imported module).
 ALLOWED = {
     # jmlr/train/** (issue 16): the trainer and the stages still use the old private names and lazy imports
-    ("private", "jmlr.train.stages.dpo", "jmlr.config"): "imports _f; use jmlr.core.fields.config_field",
-    ("private", "jmlr.train.stages.pretrain", "jmlr.config"): "imports _f; use jmlr.core.fields.config_field",
-    ("private", "jmlr.train.stages.qgen", "jmlr.config"): "imports _f; use jmlr.core.fields.config_field",
-    ("private", "jmlr.train.stages.sft", "jmlr.config"): "imports _f; use jmlr.core.fields.config_field",
     ("private", "jmlr.train.stages.dpo", "jmlr.data._io"): "DataFormatError: use jmlr.data.DataFormatError",
     ("private", "jmlr.train.stages.progressive", "jmlr.data._io"): "use jmlr.data.DataFormatError / iter_records",
     ("private", "jmlr.train.stages.sft", "jmlr.data._io"): "DataFormatError: use jmlr.data.DataFormatError",

@@ -33,7 +33,7 @@ from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
-from jmlr.config import _f
+from jmlr.core.fields import config_field as _f
 from jmlr.reader.prefix import PackedBatch, pack_shared_prefix, packed_forward, supports_packing
 
 from .batching import IGNORE_INDEX, ScheduledBatches, StepBatch, epoch_batches, right_pad, sequence_logps

@@ -38,7 +38,7 @@ from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from jmlr.config import _f
+from jmlr.core.fields import config_field as _f
 
 from .batching import IGNORE_INDEX, StepBatch, StreamBatches, sequence_logps
 from .config import StageModelConfig, StageOptimConfig, StageRunConfig, save_stage_config

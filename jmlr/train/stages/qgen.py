@@ -42,7 +42,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from jmlr.config import _f
+from jmlr.core.fields import config_field as _f
 from jmlr.data.types import Passage, QAExample
 
 from .config import StageModelConfig

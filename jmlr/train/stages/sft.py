@@ -35,7 +35,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from jmlr.config import _f
+from jmlr.core.fields import config_field as _f
 
 from .batching import IGNORE_INDEX, IndexedBatches, StepBatch, right_pad, sequence_logps
 from .config import StageModelConfig, StageOptimConfig, StageRunConfig, save_stage_config
