@@ -1,8 +1,9 @@
 """CPU backend: the compiled kernels of ``cpu/topk_cpu.cpp``, JIT-built once per machine and cached.
 
 The extension is built with ``torch.utils.cpp_extension.load`` on first use (25-70 s on 2 cores) into
-``$JMLR_CACHE/torch_extensions`` (default ``~/.cache/jmlr/torch_extensions``); later processes load the cached
-build in well under a second. Where no C++ compiler (or ninja) is available, or ``JMLR_KERNELS_NO_BUILD=1`` is
+``$JMLR_CACHE/torch_extensions`` (default ``~/.cache/jmlr/torch_extensions``), in a folder keyed by the torch
+version and a digest of the source and flags (:func:`._common.staged_sources`); later processes, from any checkout
+of the same code, load the cached build in well under a second. Where no C++ compiler (or ninja) is available, or ``JMLR_KERNELS_NO_BUILD=1`` is
 set, :func:`load_extension` returns ``None`` after logging one warning, and the dispatch falls back to the
 blocked torch path. Nothing here raises because a compiler is missing.
 """
@@ -15,6 +16,8 @@ import threading
 from pathlib import Path
 
 import torch
+
+from ._common import staged_sources
 
 logger = logging.getLogger("jmlr.kernels")
 
@@ -60,13 +63,13 @@ def load_extension(verbose: bool = False):
             try:
                 from torch.utils.cpp_extension import load
 
-                build_dir = cache_dir() / f"jmlr_topk_cpu_torch{torch.__version__.split('+')[0]}"
-                build_dir.mkdir(parents=True, exist_ok=True)
+                cflags, ldflags = ["-O3", "-fopenmp"], ["-fopenmp"]
+                build_dir, sources = staged_sources(cache_dir(), "jmlr_topk_cpu", [_SRC], cflags + ldflags)
                 ext = load(
                     name="jmlr_topk_cpu",
-                    sources=[str(_SRC)],
-                    extra_cflags=["-O3", "-fopenmp"],
-                    extra_ldflags=["-fopenmp"],
+                    sources=sources,
+                    extra_cflags=cflags,
+                    extra_ldflags=ldflags,
                     build_directory=str(build_dir),
                     verbose=verbose,
                 )

@@ -11,6 +11,7 @@ from pathlib import Path
 
 import torch
 
+from ._common import staged_sources
 from .cpu_backend import cache_dir
 
 logger = logging.getLogger("jmlr.kernels")
@@ -39,9 +40,8 @@ def load_extension(verbose: bool = False):
                 if CUDA_HOME is None:
                     reason = "no CUDA toolkit (CUDA_HOME)"
                 else:
-                    build_dir = cache_dir() / f"jmlr_topk_cuda_torch{torch.__version__.split('+')[0]}"
-                    build_dir.mkdir(parents=True, exist_ok=True)
-                    ext = load(name="jmlr_topk_cuda", sources=[str(p) for p in SOURCES],
+                    build_dir, sources = staged_sources(cache_dir(), "jmlr_topk_cuda", SOURCES, ["-O3"])
+                    ext = load(name="jmlr_topk_cuda", sources=sources,
                                extra_cflags=["-O3"], extra_cuda_cflags=["-O3"], build_directory=str(build_dir),
                                verbose=verbose)
             except Exception as exc:  # noqa: BLE001
