@@ -111,6 +111,8 @@ class RefreshConfig:
     schedule: str = _f("", "piecewise refresh period, e.g. '0-1000:500,1000-:1000'")
     staleness_threshold: Optional[float] = _f(None, "refresh when stale-vs-fresh Recall@k on the probe set "
                                                    "drops below this")
+    check_every: Optional[int] = _f(None, "with staleness_threshold: measure staleness every this many steps "
+                                          "(>= 1); empty = half of refresh.every, or 25 when every is 0")
     asynchronous: bool = _f(True, "re-encode in the background and swap between steps (False: blocking)")
     probe_size: int = _f(256, "passages in the staleness probe set")
     budget: float = _f(0.0, "passages re-encoded per refresh: a fraction (0 < b < 1) or a count (>= 1) of the corpus, "
@@ -440,6 +442,10 @@ def validate(cfg: TrainConfig) -> TrainConfig:
     st = cfg.refresh.staleness_threshold
     if st is not None and not 0 < st <= 1:
         problems.append(f"refresh.staleness_threshold must be in (0, 1], got {st!r}")
+    ce = cfg.refresh.check_every
+    if ce is not None and ce < 1:
+        problems.append(f"refresh.check_every must be >= 1 step between staleness checks (empty = half of "
+                        f"refresh.every), got {ce!r}")
     if not str(cfg.output_dir).strip():
         problems.append("output_dir must be a folder path, got ''")
     if problems:

@@ -5,7 +5,8 @@
 * :class:`BM25Index` -- lexical BM25 (``bm25s``) over texts instead of vectors.
 * :class:`ShardedIndex` -- one shard per ``torch.distributed`` rank, merged top-k.
 * :class:`EmbeddingStore` -- memory-mapped doc embeddings, resumable chunked encoding.
-* :class:`AsyncRefresher` -- background re-encoding with a doc-tower snapshot, atomic swap, staleness.
+* :class:`AsyncRefresher` -- background re-encoding with a doc-tower snapshot, atomic swap, staleness;
+  :func:`policy_from_config` / :func:`parse_policy` -- when it refreshes.
 * :func:`load_index` -- load any saved kind, refusing a mismatched encoder or corpus unless forced.
 
 Names are imported lazily (``import jmlr.index`` does not import torch or faiss).
@@ -31,10 +32,12 @@ _LAZY = {
     "build_index": "jmlr.index.build",
     "INDEX_TYPES": "jmlr.index.build",
     "AsyncRefresher": "jmlr.index.refresh",
-    "RefreshError": "jmlr.index.refresh",
-    "RefreshRecord": "jmlr.index.refresh",
-    "parse_policy": "jmlr.index.refresh",
-    "probe_agreement": "jmlr.index.refresh",
+    "RefreshError": "jmlr.index.refresh_record",
+    "RefreshRecord": "jmlr.index.refresh_record",
+    "probe_agreement": "jmlr.index.refresh_record",
+    "RefreshPolicy": "jmlr.index.refresh_policy",
+    "parse_policy": "jmlr.index.refresh_policy",
+    "policy_from_config": "jmlr.index.refresh_policy",
     "RerankSearcher": "jmlr.index.rerank",
     "rescore": "jmlr.index.rerank",
 }

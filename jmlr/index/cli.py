@@ -171,9 +171,9 @@ def _build(args) -> int:
     else:
         from jmlr.retriever import DualEncoder
 
-        from jmlr.index.settings import index_kwargs
+        from jmlr.index.settings import index_kwargs, parse_params
 
-        kw = index_kwargs(args.type, _parse_params(args.param))
+        kw = index_kwargs(args.type, parse_params(args.param))
         if args.type in ("ivf", "ivfpq"):
             if args.nlist is not None:
                 kw["nlist"] = args.nlist
@@ -341,43 +341,11 @@ def _add_import(sub) -> None:
     i.set_defaults(func=cmd_import)
 
 
-def _parse_params(items: list[str]) -> dict:
-    """``["nprobe=32", "efSearch=256"]`` -> ``{"nprobe": 32, "efSearch": 256}``."""
-    out = {}
-    for item in items:
-        name, sep, value = item.partition("=")
-        if not sep or not name.strip():
-            raise ValueError(f"--param {item!r}: expected NAME=VALUE, e.g. nprobe=32")
-        try:
-            out[name.strip()] = float(value) if "." in value or "e" in value.lower() else int(value)
-        except ValueError:
-            raise ValueError(f"--param {item!r}: {value!r} is not a number") from None
-    return out
-
-
-def read_ids_file(path: str) -> list[str]:
-    """One id per line (surrounding whitespace stripped; trailing empty lines ignored)."""
-    p = Path(path)
-    if not p.is_file():
-        raise FileNotFoundError(f"{p}: no such ids file (expected one id per line)")
-    lines = p.read_text(encoding="utf-8").splitlines()
-    while lines and not lines[-1].strip():
-        lines.pop()
-    ids, seen = [], {}
-    for n, line in enumerate(lines, start=1):
-        pid = line.strip()
-        if not pid:
-            raise ValueError(f"{p} line {n}: empty id; expected one id per line")
-        if pid in seen:
-            raise ValueError(f"{p} line {n}: duplicate id {pid!r} (first at line {seen[pid]})")
-        seen[pid] = n
-        ids.append(pid)
-    return ids
-
-
 def cmd_import(args) -> int:
     """``jmlr index import``."""
+    from jmlr.index.faiss_files import read_ids_file
     from jmlr.index.faiss_index import FaissIndex, idmap_labels, read_faiss_file
+    from jmlr.index.settings import parse_params
 
     ids = read_ids_file(args.ids) if args.ids else None
     corpus = _load_corpus(args.corpus, args.corpus_format, args.hf_mapping) if args.corpus else None
@@ -395,7 +363,7 @@ def cmd_import(args) -> int:
         ids = [str(i) for i in labels]  # strings, like corpus ids
     index = FaissIndex.from_faiss(raw, ids, encoder=encoder, metric=args.metric, source=args.faiss_file)
     if args.param:
-        index.set_search_params(**_parse_params(args.param))
+        index.set_search_params(**parse_params(args.param))
     if corpus is not None:
         missing = [pid for pid in index.ids if pid not in corpus]
         if missing:

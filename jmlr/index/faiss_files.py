@@ -182,3 +182,23 @@ def _faiss_error(e: Exception) -> str:
     msg = str(e)
     tail = msg.split("Error: ", 1)[-1] if "Error: " in msg else msg
     return " ".join(tail.split())[:300]
+
+
+def read_ids_file(path: str) -> list[str]:
+    """One id per line (surrounding whitespace stripped; trailing empty lines ignored)."""
+    p = Path(path)
+    if not p.is_file():
+        raise FileNotFoundError(f"{p}: no such ids file (expected one id per line)")
+    lines = p.read_text(encoding="utf-8").splitlines()
+    while lines and not lines[-1].strip():
+        lines.pop()
+    ids, seen = [], {}
+    for n, line in enumerate(lines, start=1):
+        pid = line.strip()
+        if not pid:
+            raise ValueError(f"{p} line {n}: empty id; expected one id per line")
+        if pid in seen:
+            raise ValueError(f"{p} line {n}: duplicate id {pid!r} (first at line {seen[pid]})")
+        seen[pid] = n
+        ids.append(pid)
+    return ids

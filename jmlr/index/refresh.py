@@ -5,9 +5,10 @@ background worker (a thread, or a persistent process), builds a new index next t
 (double buffering), and the training thread swaps it in at its next :meth:`AsyncRefresher.maybe_refresh`
 call; the version increments. The loop only waits for the snapshot copy and the swap.
 
-Policies (``policy=``): ``"every:500"`` (or ``500``), a schedule ``"0-1000:500,1000-:1000"`` (interval
-per step range), a staleness trigger ``"recall<0.9@50"`` / ``"cosine<0.98@50"`` (measured on the probe
-set every 50 steps), combinations with ``|``, or ``"never"``.
+Policies (``policy=``, :mod:`jmlr.index.refresh_policy`): ``"every:500"`` (or ``500``), a schedule
+``"0-1000:500,1000-:1000"`` (interval per step range), a staleness trigger ``"recall<0.9@50"`` /
+``"cosine<0.98@50"`` (measured on the probe set every 50 steps), combinations with ``|``, ``"never"``, or a
+policy object (:func:`~jmlr.index.refresh_policy.policy_from_config` builds one from a training config).
 
 Staleness is measured on a probe set of a few hundred corpus passages: the cosine between their embeddings
 in the served index (stale) and under the current doc tower (fresh), and Recall@k of the top-k under the
@@ -22,6 +23,10 @@ rows replaced, next to the served one, and swapped in exactly like a full refres
 between steps), so a search sees either the old or the new index. A full re-encode still happens when
 ``full_every`` steps have passed since the last full one (0: never after the initial build).
 
+The refresher's parts: the policies (:mod:`~jmlr.index.refresh_policy`), its records and probe measure
+(:mod:`~jmlr.index.refresh_record`), snapshot / encode / build (:mod:`~jmlr.index.refresh_build`), the budgeted
+row selection (:mod:`~jmlr.index.refresh_budget`) and the worker process (:mod:`~jmlr.index.refresh_worker`).
+
 >>> refresher = AsyncRefresher(dual, corpus, policy="every:200", index_type="exact")     # doctest: +SKIP
 >>> for step in range(steps):
 ...     refresher.maybe_refresh(step)              # swaps a finished index in, or starts a refresh
@@ -30,226 +35,30 @@ between steps), so a search sees either the old or the new index. A full re-enco
 >>> refresher.stats()["stall_s_total"]
 """
 from __future__ import annotations
+from __future__ import annotations
 
-import contextlib
 import dataclasses
 import logging
-import math
-import re
 import threading
 import time
 import traceback
-import weakref
-from dataclasses import dataclass, field
 from typing import Any, Callable, Sequence
 
 import numpy as np
+import torch
 
 from .base import corpus_parts
+from .refresh_budget import BudgetedRefresh, _budget_rows, _index_vectors
+from .refresh_build import SnapshotBuild, _amp_name, _threads
+from .refresh_policy import (AnyOf, EveryN, Never, RefreshPolicy, Schedule, StalenessTrigger,  # noqa: F401
+                             parse_policy, policy_from_config)
+from .refresh_record import RefreshError, RefreshRecord, probe_agreement
+from .refresh_worker import ProcessWorker
 
 logger = logging.getLogger(__name__)
 
 
-class RefreshError(RuntimeError):
-    """A background refresh failed; raised in the training thread at its next refresher call."""
-
-
-# ============================================================================ policies
-
-class RefreshPolicy:
-    """Decides, between steps, whether a refresh is due. ``due`` returns a reason string or None."""
-
-    def due(self, step: int, refresher: "AsyncRefresher") -> str | None:  # pragma: no cover - abstract
-        raise NotImplementedError
-
-
-@dataclass
-class Never(RefreshPolicy):
-    """Never refresh (e.g. query-side-only training)."""
-
-    def due(self, step, refresher):
-        return None
-
-
-def _grid_due(step: int, start: int, interval: int, last_trigger: int) -> bool:
-    """Due when the latest grid point ``start + j * interval <= step`` (not step 0) is after the last trigger;
-    a refresh still in flight at a grid point starts at the first call after it."""
-    g = start + (step - start) // interval * interval
-    return g > 0 and g > last_trigger
-
-
-@dataclass
-class EveryN(RefreshPolicy):
-    """Refresh at steps n, 2n, 3n, ..."""
-
-    n: int
-
-    def __post_init__(self):
-        if self.n < 1:
-            raise ValueError(f"refresh interval must be >= 1 step, got {self.n}")
-
-    def due(self, step, refresher):
-        return f"every {self.n}" if _grid_due(step, 0, self.n, refresher.last_trigger_step) else None
-
-
-@dataclass
-class Schedule(RefreshPolicy):
-    """Interval per step range ``[(start, end or None, interval), ...]``: refreshes at ``start + j * interval``
-    inside each range (``"0-1000:500,1000-:1000"`` gives 500, 1000, 2000, ...); no refresh outside the ranges."""
-
-    ranges: list[tuple[int, int | None, int]]
-
-    def range_of(self, step: int) -> tuple[int, int | None, int] | None:
-        for a, b, r in self.ranges:
-            if step >= a and (b is None or step < b):
-                return a, b, r
-        return None
-
-    def due(self, step, refresher):
-        rng = self.range_of(step)
-        if rng is None:
-            return None
-        a, _, r = rng
-        return f"schedule {r}" if _grid_due(step, a, r, refresher.last_trigger_step) else None
-
-
-@dataclass
-class StalenessTrigger(RefreshPolicy):
-    """Measure staleness every ``check_every`` steps; refresh when recall or cosine falls below a floor."""
-
-    min_recall: float | None = None
-    min_cosine: float | None = None
-    check_every: int = 50
-    _last_check: int = field(default=-(10 ** 12), repr=False)
-
-    def due(self, step, refresher):
-        if step - self._last_check < self.check_every:
-            return None
-        self._last_check = step
-        st = refresher.staleness()
-        if self.min_recall is not None and st["recall"] < self.min_recall:
-            return f"recall@{st['k']} {st['recall']:.3f} < {self.min_recall}"
-        if self.min_cosine is not None and st["cosine"] < self.min_cosine:
-            return f"cosine {st['cosine']:.4f} < {self.min_cosine}"
-        return None
-
-
-@dataclass
-class AnyOf(RefreshPolicy):
-    """Due when any of the policies is due."""
-
-    policies: list[RefreshPolicy]
-
-    def due(self, step, refresher):
-        for p in self.policies:
-            r = p.due(step, refresher)
-            if r:
-                return r
-        return None
-
-
-_GRAMMAR = ("expected 'never', an interval ('500' or 'every:500'), a schedule ('0-1000:500,1000-:1000'), "
-            "a staleness trigger ('recall<0.9@50', 'cosine<0.98@20'), or several joined by '|'")
-
-
-def parse_policy(spec) -> RefreshPolicy:
-    """Build a :class:`RefreshPolicy` from a spec string, an int (every N), None (never), or a policy (any
-    object with ``due(step, refresher) -> reason or None``)."""
-    if isinstance(spec, RefreshPolicy) or callable(getattr(spec, "due", None)):
-        return spec
-    if spec is None or spec is False:
-        return Never()
-    if isinstance(spec, int):
-        return EveryN(spec) if spec > 0 else Never()
-    if not isinstance(spec, str):
-        raise ValueError(f"refresh policy {spec!r}: {_GRAMMAR}")
-    s = spec.replace(" ", "").lower()
-    if "|" in s:
-        return AnyOf([parse_policy(p) for p in s.split("|")])
-    if s in ("never", "none", "off", "0", ""):
-        return Never()
-    m = re.fullmatch(r"(?:every:)?(\d+)", s)
-    if m:
-        return EveryN(int(m.group(1)))
-    m = re.fullmatch(r"(recall|cosine)<([0-9.]+)(?:@(\d+))?", s)
-    if m:
-        floor, every = float(m.group(2)), int(m.group(3) or 50)
-        return (StalenessTrigger(min_recall=floor, check_every=every) if m.group(1) == "recall"
-                else StalenessTrigger(min_cosine=floor, check_every=every))
-    if ":" in s and "-" in s:
-        ranges = []
-        for part in s.split(","):
-            m = re.fullmatch(r"(\d+)-(\d*):(\d+)", part)
-            if not m:
-                raise ValueError(f"refresh schedule {spec!r}: part {part!r} is not START-END:INTERVAL "
-                                 "(END may be empty for 'until the end')")
-            a, b, r = int(m.group(1)), int(m.group(2)) if m.group(2) else None, int(m.group(3))
-            if r < 1 or (b is not None and b <= a):
-                raise ValueError(f"refresh schedule {spec!r}: part {part!r} needs END > START and INTERVAL >= 1")
-            ranges.append((a, b, r))
-        return Schedule(ranges)
-    raise ValueError(f"refresh policy {spec!r}: {_GRAMMAR}")
-
-
-# ============================================================================ records
-
-@dataclass
-class RefreshRecord:
-    """One refresh: what triggered it, how long each phase took, and how long the loop waited."""
-
-    version: int
-    reason: str
-    mode: str  # "async" | "sync"
-    trigger_step: int | None
-    swap_step: int | None = None
-    snapshot_s: float = 0.0  # copying the doc-tower weights (loop waits)
-    encode_s: float = 0.0  # re-encoding the corpus (background for async)
-    build_s: float = 0.0  # building the new index (background for async)
-    ready_s: float = 0.0  # trigger -> new index ready
-    wait_s: float = 0.0  # loop blocked in wait() / refresh_now() for an in-flight refresh
-    swap_s: float = 0.0  # swapping the new index in (loop waits)
-    stall_s: float = 0.0  # total time the loop waited for this refresh
-    probe_cosine: float | None = None  # old vs new probe embeddings at the swap
-    probe_recall: float | None = None  # old vs new probe top-k at the swap
-    scope: str = "full"  # "full" | "partial" (budgeted)
-    encoded: int = 0  # passages re-encoded
-    selected: dict = field(default_factory=dict)  # partial: passages taken from {"pool", "neighbours", "random"}
-    _t_trigger: float = field(default=0.0, repr=False)
-    _rows: Any = field(default=None, repr=False)  # partial: the positions to re-encode (np.int64), else None
-
-
-def probe_agreement(stale, fresh, k: int, queries=None) -> tuple[float, float]:
-    """Mean row cosine between ``stale (P, d)`` and ``fresh (P, d)``, and Recall@k of the stale top-k against
-    the fresh top-k within the probe set, for ``queries (Q, d)`` (default: the fresh rows)."""
-    import torch
-
-    stale = torch.as_tensor(np.asarray(stale), dtype=torch.float32)
-    fresh = torch.as_tensor(np.asarray(fresh), dtype=torch.float32)
-    cos = torch.nn.functional.cosine_similarity(stale, fresh, dim=1).mean().item()
-    q = fresh if queries is None else torch.as_tensor(np.asarray(queries), dtype=torch.float32)
-    kk = min(k, fresh.shape[0])
-    top_stale = (q @ stale.T).topk(kk, dim=1).indices  # (Q, kk)
-    top_fresh = (q @ fresh.T).topk(kk, dim=1).indices  # (Q, kk)
-    hits = (top_stale.unsqueeze(2) == top_fresh.unsqueeze(1)).any(2).float().sum(1)  # (Q,)
-    return float(cos), float((hits / kk).mean().item())
-
-
-# ============================================================================ the refresher
-
-def _amp_name(dtype: Any) -> str | None:
-    """``None`` (fp32), ``"bfloat16"`` or ``"float16"``: a picklable name for the worker process."""
-    import torch
-
-    names = {None: None, "fp32": None, "float32": None, torch.float32: None, "bf16": "bfloat16",
-             "bfloat16": "bfloat16", torch.bfloat16: "bfloat16", "fp16": "float16", "float16": "float16",
-             torch.float16: "float16"}
-    try:
-        return names[dtype]
-    except (KeyError, TypeError):
-        raise ValueError(f"autocast_dtype must be None, 'bfloat16', 'float16' or a torch dtype, got {dtype!r}") from None
-
-
-class AsyncRefresher:
+class AsyncRefresher(SnapshotBuild, BudgetedRefresh, ProcessWorker):
     """Versioned, double-buffered corpus index that follows a training doc tower.
 
     Args:
@@ -283,8 +92,6 @@ class AsyncRefresher:
                  probe_queries: Sequence[str] | None = None, seed: int = 0, index=None, start_step: int = 0,
                  progress: bool = False, budget: float | int | None = None, full_every: int = 0,
                  neighbours: int = 4, coverage: float = 0.2, embedding_cache=None):
-        import torch
-
         if worker not in ("thread", "process"):
             raise ValueError(f"worker must be 'thread' or 'process', got {worker!r}")
         autocast_dtype = _amp_name(autocast_dtype)
@@ -443,8 +250,6 @@ class AsyncRefresher:
 
         Costs one encode of the probe passages (and of ``probe_queries`` if given) with the live towers.
         """
-        import torch
-
         k = int(k or self.probe_k)
         t0 = time.perf_counter()
         fresh = self._encode_probe_with(self.dual.doc_model)
@@ -457,18 +262,6 @@ class AsyncRefresher:
         self._staleness_checks.append(seconds)
         return {"cosine": cos, "recall": rec, "k": k, "n_probe": len(self.probe_rows), "version": self.version,
                 "seconds": seconds}
-
-    def report_searched(self, ids) -> None:
-        """Note the passages a search returned (``ids (B, K)`` as the index gives them, e.g. the top-K' pools).
-
-        The next budgeted refresh re-encodes these first (most often retrieved first). Ids this refresher does
-        not hold (another rank's shard, empty slots) are ignored. A no-op without a budget.
-        """
-        if self._hits is None:
-            return
-        pos = self._positions_of(ids)
-        if len(pos):
-            np.add.at(self._hits, pos, 1)
 
     def stats(self) -> dict[str, Any]:
         """Counts, durations and the loop's stall time per refresh."""
@@ -515,199 +308,6 @@ class AsyncRefresher:
     def __exit__(self, *exc) -> None:
         self.close()
 
-    # ------------------------------------------------------------------ internals: snapshot / encode / build
-    def _copy_weights(self) -> None:
-        """Copy the live doc tower into the worker's snapshot (between steps; the worker is idle).
-
-        One thread: the copy is memory-bound, and an OpenMP team per tensor costs more than it saves (on a busy
-        2-core machine, 2 threads made the MiniLM copy 18x slower: 0.63 s vs 0.035 s).
-        """
-        import torch
-
-        dst = self._snap.doc_model.state_dict(keep_vars=True)
-        with torch.no_grad(), _threads(1):
-            for name, src in self.dual.doc_model.state_dict(keep_vars=True).items():
-                dst[name].data.copy_(src.data)
-
-    def _snapshot_fingerprint(self) -> str:
-        from jmlr.retriever.dual_encoder import embedding_state, tensor_digest
-
-        d = self._snap
-        return tensor_digest(embedding_state(d.doc_model), {"pooling": d.pooling, "normalize": d.normalize,
-                                                        "max_length": d.max_length, "prefix": d.doc_prefix})
-
-    def _amp(self):
-        from jmlr.core.precision import autocast
-
-        return autocast(self.autocast_dtype, self._snap.doc_model)
-
-    def _initial_embeddings(self, cache):
-        """Version 0's ``(n, d)`` embeddings: from ``cache`` (an :class:`~jmlr.index.embedding_cache.EmbeddingCache`)
-        when it holds this doc tower's vectors of this corpus at this dtype, else encoded here (and stored)."""
-        if cache is None:
-            t0 = time.perf_counter()
-            emb = self._encode_here()
-            self.full_encode_s = time.perf_counter() - t0
-            return emb
-        key = cache.key(self._snapshot_fingerprint(), self.corpus_fingerprint, self.autocast_dtype)
-        emb = cache.get(key, rows=len(self.ids))
-        if emb is not None:
-            self.initial_from_cache = True
-            self.full_encode_s = (cache.meta(key) or {}).get("encode_s")
-            return emb
-        t0 = time.perf_counter()
-        emb = self._encode_here()
-        self.full_encode_s = time.perf_counter() - t0
-        cache.put(key, emb, encode_s=self.full_encode_s)
-        return emb
-
-    def _encode_here(self, rows=None):
-        """Encode the corpus (or the positions ``rows``) with the snapshot in the calling thread."""
-        from jmlr.retriever.dual_encoder import encode_token_lists
-
-        d = self._snap
-        toks = self._tokens if rows is None else [self._tokens[i] for i in rows]
-        with self._amp():
-            return encode_token_lists(d.doc_model, toks, pad_id=d.tokenizer.pad_token_id,
-                                      pooling=d.pooling, normalize=d.normalize, batch_size=self.batch_size,
-                                      progress=self.progress, desc="refresh: encode corpus")
-
-    # ------------------------------------------------------------------ internals: budgeted refresh
-    def _positions_of(self, ids) -> np.ndarray:
-        """Row positions (int64) of the ids this refresher holds, among ``ids`` (any shape)."""
-        flat = np.asarray(ids.cpu() if hasattr(ids, "cpu") else ids).reshape(-1)
-        n = len(self.ids)
-        if self._pos_of is None:
-            first = self.ids[0]
-            contiguous = isinstance(first, (int, np.integer)) and not isinstance(first, bool) and \
-                np.array_equal(np.asarray(self.ids, dtype=object).astype(np.int64), np.arange(first, first + n))
-            # contiguous int ids (the trainer's corpus rows): position = id - first; else a dict
-            self._pos_of = int(first) if contiguous else {i: j for j, i in enumerate(self.ids)}
-        if isinstance(self._pos_of, int):
-            if flat.dtype == object:
-                flat = np.array([x if isinstance(x, (int, np.integer)) else -1 for x in flat], dtype=np.int64)
-            pos = flat.astype(np.int64, copy=False) - self._pos_of
-            return pos[(flat >= 0) & (pos >= 0) & (pos < n)]
-        got = [self._pos_of.get(x.item() if hasattr(x, "item") else x) for x in flat]
-        return np.array([g for g in got if g is not None], dtype=np.int64)
-
-    def _plan(self, rec: RefreshRecord, step: int | None) -> None:
-        """Decide in the training thread whether this refresh is full or budgeted, and which rows it encodes."""
-        n = len(self.ids)
-        full_due = self.full_every > 0 and step is not None and step - self.last_full_step >= self.full_every
-        if self.budget is None or self.budget >= n or full_due or self._served is None:
-            rec.scope, rec._rows, rec.encoded = "full", None, n
-            if step is not None:
-                self.last_full_step = step
-        else:
-            rec.scope = "partial"
-            rec._rows = self._hits.copy()  # the pools so far; turned into rows by the worker (_select_rows)
-        if self._hits is not None:
-            self._hits[:] = 0  # pools reported from now on count towards the next refresh
-
-    def _rows_to_encode(self, rec: RefreshRecord):
-        """Positions a partial refresh encodes (computed off the training thread), or None for a full one."""
-        if rec.scope != "partial":
-            return None
-        rec._rows, rec.selected = self._select_rows(rec._rows)
-        rec.encoded = len(rec._rows)
-        return rec._rows
-
-    def _select_rows(self, hits: np.ndarray) -> tuple[np.ndarray, dict]:
-        """Pool (most retrieved first), then neighbours, then a random slice: at most ``budget`` positions."""
-        n, B = len(self.ids), self.budget
-        reserve = min(B, int(np.ceil(self.coverage * B)))
-        hit = np.flatnonzero(hits)
-        pool = hit[np.argsort(-hits[hit], kind="stable")][: B - reserve]
-        chosen = np.zeros(n, dtype=bool)
-        chosen[pool] = True
-        neigh = np.empty(0, dtype=np.int64)
-        room = B - reserve - len(pool)
-        if room > 0 and self.neighbours > 0 and len(pool):
-            # the most retrieved pooled passages' neighbours; twice what the room needs, bounding the search cost
-            seeds = pool[: 2 * int(np.ceil(room / self.neighbours))]
-            nb = self._neighbours_of(seeds)  # (P, neighbours) positions in the served index, best first
-            order = nb.T.reshape(-1)  # every pooled passage's nearest neighbour first, then the second ...
-            order = order[order >= 0]
-            _, first = np.unique(order, return_index=True)
-            order = order[np.sort(first)]
-            neigh = order[~chosen[order]][:room]
-            chosen[neigh] = True
-        rest = np.flatnonzero(~chosen)
-        k = min(B - len(pool) - len(neigh), len(rest))
-        rand = np.sort(self._rng.choice(rest, size=k, replace=False)) if k > 0 else np.empty(0, dtype=np.int64)
-        rows = np.sort(np.concatenate([pool, neigh, rand]).astype(np.int64))
-        return rows, {"pool": int(len(pool)), "neighbours": int(len(neigh)), "random": int(len(rand)),
-                      "pool_available": int(len(hit))}
-
-    def _neighbours_of(self, pool: np.ndarray) -> np.ndarray:
-        """The ``neighbours`` nearest passages (positions) of each pooled passage by the served embeddings."""
-        import torch
-
-        index = self._index
-        q = self._served[torch.from_numpy(pool)]  # (P, d)
-        kk = min(self.neighbours + 1, len(self.ids))
-        if hasattr(index, "search_positions"):
-            _, pos = index.search_positions(q, kk)  # (P, kk)
-            pos = pos.numpy()
-        else:
-            from jmlr.kernels.topk import topk
-
-            pos = topk(q, self._served, kk)[1].numpy()
-        out = np.full((len(pool), self.neighbours), -1, dtype=np.int64)
-        for j, (p, row) in enumerate(zip(pool, pos)):
-            row = row[(row != p) & (row >= 0)][: self.neighbours]
-            out[j, : len(row)] = row
-        return out
-
-    def _encode_and_build(self, rec: RefreshRecord, encode: Callable[[], Any]):
-        """Encode (all rows, or ``rec._rows``), splice into the served embeddings if partial, build the index."""
-        import torch
-
-        t0 = time.perf_counter()
-        fresh = encode()
-        rec.encode_s = time.perf_counter() - t0
-        t0 = time.perf_counter()
-        if rec._rows is None:
-            emb = fresh
-        else:
-            emb = self._served.clone()  # the served rows stay untouched: the new index gets its own copy
-            emb[torch.from_numpy(rec._rows)] = fresh
-        index = self._build(emb, rec.version, self._snapshot_fingerprint())
-        rec.build_s = time.perf_counter() - t0
-        return emb, index
-
-    def _encode_probe_with(self, model):
-        from jmlr.retriever.dual_encoder import encode_token_lists
-
-        d = self._snap
-        with self._amp():
-            return encode_token_lists(model, [self._tokens[i] for i in self.probe_rows],
-                                      pad_id=d.tokenizer.pad_token_id, pooling=d.pooling, normalize=d.normalize,
-                                      batch_size=self.batch_size)
-
-    def _build(self, emb, version: int, fingerprint: str):
-        from .build import make_index
-
-        if self.index_factory is not None:
-            index = self.index_factory(emb.shape[1])
-        elif self.budget is not None and self.index_type == "exact" and \
-                self.index_kwargs.get("dtype", "float32") in ("float32", "fp32"):
-            from .exact import ExactIndex
-
-            # budgeted mode keeps ``emb`` as the served rows: the index wraps it instead of a second copy (each
-            # refresh builds a new ``emb``, so the served index's rows are never written)
-            kw = {k: v for k, v in self.index_kwargs.items() if k != "dtype"}
-            index = ExactIndex.from_array(self.ids, emb.numpy(), **kw)
-        else:
-            index = make_index(self.index_type, emb.shape[1], **self.index_kwargs)
-        if not len(index):
-            index.add(self.ids, emb)
-        index.version = version
-        index.encoder_fingerprint = fingerprint
-        index.corpus_fingerprint = self.corpus_fingerprint
-        return index
-
     # ------------------------------------------------------------------ internals: async machinery
     def _trigger(self, step: int, reason: str) -> None:
         if self.worker == "process" and self._proc is None:
@@ -725,12 +325,10 @@ class AsyncRefresher:
         logger.info("refresh to version %d started at step %s (%s)", rec.version, step, reason)
 
     def _run_job(self, rec: RefreshRecord) -> None:
-        import torch
-
         try:
             torch.set_num_threads(self.worker_threads)  # per thread with OpenMP torch
             try:
-                import faiss
+                import faiss  # optional here: only its OpenMP thread count is set
 
                 faiss.omp_set_num_threads(self.worker_threads)
             except ImportError:  # pragma: no cover
@@ -785,99 +383,3 @@ class AsyncRefresher:
         self._records.append(rec)
         logger.info("swapped in index version %d at step %s (ready after %.2fs, stall %.4fs)", rec.version,
                     step, rec.ready_s, rec.snapshot_s + rec.wait_s + rec.swap_s)
-
-    # ------------------------------------------------------------------ process worker
-    def _start_process(self) -> None:
-        import torch
-        import torch.multiprocessing as mp
-
-        from ._worker import process_main
-
-        ctx = mp.get_context("spawn")
-        self._snap.doc_model.share_memory()
-        self._out = torch.zeros((len(self.ids), self._snap.dim), dtype=torch.float32).share_memory_()
-        self._cmd_q, self._res_q = ctx.Queue(), ctx.Queue()
-        d = self._snap
-        settings = {"threads": self.worker_threads, "pad_id": d.tokenizer.pad_token_id, "pooling": d.pooling,
-                    "normalize": d.normalize, "batch_size": self.batch_size, "autocast_dtype": self.autocast_dtype}
-        self._proc = ctx.Process(target=process_main, name="jmlr-refresh-worker", daemon=True,
-                                 args=(self._cmd_q, self._res_q, d.doc_model, self._tokens, self._out, settings))
-        self._proc.start()
-        self._job_counter = 0
-        self._finalizer = weakref.finalize(self, _stop_process, self._proc, self._cmd_q)
-
-    def _encode_in_process(self, rows=None):
-        import queue
-
-        if self._proc is None:
-            raise RefreshError("the refresh worker process is not running (closed?)")
-        self._job_counter += 1
-        job = self._job_counter
-        self._cmd_q.put(job if rows is None else (job, np.asarray(rows, dtype=np.int64)))
-        while True:
-            try:
-                kind, got, payload = self._res_q.get(timeout=0.5)
-            except queue.Empty:
-                if not self._proc.is_alive():
-                    raise RefreshError(f"the refresh worker process died (exit code {self._proc.exitcode})") from None
-                continue
-            if kind == "ready":
-                continue
-            if got != job:
-                continue  # a stale answer
-            if kind == "error":
-                raise RefreshError(f"the refresh worker process failed:\n{payload}")
-            n = len(self.ids) if rows is None else len(rows)
-            return self._out[:n].clone()  # (n, d): the buffer is reused by the next job
-
-
-@contextlib.contextmanager
-def _threads(n: int):
-    """Run a block with ``n`` intra-op threads in this thread, then restore the count."""
-    import torch
-
-    before = torch.get_num_threads()
-    if before != n:
-        torch.set_num_threads(n)
-    try:
-        yield
-    finally:
-        if before != n:
-            torch.set_num_threads(before)
-
-
-def _stop_process(proc, cmd_q) -> None:
-    try:
-        if proc.is_alive():
-            cmd_q.put(None)
-            proc.join(5)
-        if proc.is_alive():
-            proc.terminate()
-            proc.join(5)
-    except (OSError, ValueError, AssertionError):  # interpreter shutdown
-        pass
-
-
-def _budget_rows(budget, n: int) -> int | None:
-    """Rows per budgeted refresh: a fraction of ``n`` (``0 < budget < 1``) or a count (``>= 1``); None = full."""
-    if budget is None or budget is False or budget == 0:
-        return None
-    b = float(budget)
-    if not math.isfinite(b) or b < 0:
-        raise ValueError(f"refresh budget must be a fraction in (0, 1) or a count >= 1, got {budget!r}")
-    rows = int(math.ceil(b * n)) if b < 1 else int(b)
-    if b >= 1 and b != int(b):
-        raise ValueError(f"refresh budget {budget!r}: a count must be a whole number (or give a fraction < 1)")
-    return max(1, rows)
-
-
-def _index_vectors(index, n: int):
-    """The ``(n, d)`` float32 vectors an index holds (for an adopted index in budgeted mode)."""
-    import torch
-
-    if hasattr(index, "vectors"):
-        return index.vectors(np.arange(n)).float()
-    if hasattr(index, "reconstruct_all"):
-        return torch.as_tensor(index.reconstruct_all(), dtype=torch.float32)
-    raise ValueError(f"a budgeted refresh needs the served vectors, but {type(index).__name__} cannot give them "
-                     "back; use an exact index, or let the refresher build the first index")

@@ -55,3 +55,17 @@ def index_kwargs(index_type: str, params: dict | None = None, storage: str | Non
     if search:
         out["search_params"] = search
     return out
+
+
+def parse_params(items: list[str]) -> dict:
+    """``["nprobe=32", "efSearch=256"]`` -> ``{"nprobe": 32, "efSearch": 256}``."""
+    out = {}
+    for item in items:
+        name, sep, value = item.partition("=")
+        if not sep or not name.strip():
+            raise ValueError(f"--param {item!r}: expected NAME=VALUE, e.g. nprobe=32")
+        try:
+            out[name.strip()] = float(value) if "." in value or "e" in value.lower() else int(value)
+        except ValueError:
+            raise ValueError(f"--param {item!r}: {value!r} is not a number") from None
+    return out

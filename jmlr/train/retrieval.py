@@ -16,20 +16,15 @@ from pathlib import Path
 
 import torch
 
+from jmlr.index.refresh_policy import policy_from_config
+
 logger = logging.getLogger(__name__)
 
 
 def refresh_policy(cfg) -> str:
-    """The AsyncRefresher policy string for a :class:`~jmlr.config.RefreshConfig`."""
-    parts = []
-    if cfg.schedule:
-        parts.append(cfg.schedule)
-    elif cfg.every:
-        parts.append(f"every:{int(cfg.every)}")
-    if cfg.staleness_threshold is not None:
-        period = max(int(cfg.every or 50) // 2, 1)
-        parts.append(f"recall<{cfg.staleness_threshold}@{period}")
-    return "|".join(parts) or "never"
+    """The refresh policy of a :class:`~jmlr.config.RefreshConfig` written as a spec, for messages and stats
+    (the refresher gets the policy object itself: :func:`jmlr.index.refresh_policy.policy_from_config`)."""
+    return str(policy_from_config(cfg))
 
 
 def budget_kwargs(cfg) -> dict:
@@ -69,7 +64,7 @@ class RetrievalState:
         else:
             self.start, self.end = 0, n
         self.progress = progress
-        self.policy = refresh_policy(cfg.refresh)
+        self.policy = policy_from_config(cfg.refresh)
         self.refresher = None
 
     # ------------------------------------------------------------------ lifecycle
@@ -199,7 +194,7 @@ class RetrievalState:
     def stats(self) -> dict:
         s = self.refresher.stats() if self.refresher is not None else {}
         s.pop("records", None)
-        s["policy"] = self.policy
+        s["policy"] = str(self.policy)
         index = self.refresher.index if self.refresher is not None else None
         where = getattr(index, "embeddings", None) if getattr(index, "kind", "") == "exact" else index
         s["index_device"] = str(getattr(where, "device", None) or "cpu")  # where the search runs
