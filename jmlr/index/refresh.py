@@ -47,6 +47,8 @@ from typing import Any, Callable, Sequence
 import numpy as np
 import torch
 
+from jmlr.retriever.embedding import EncodeCancelled
+
 from .base import corpus_parts
 from .refresh_budget import BudgetedRefresh, _budget_rows, _index_vectors
 from .refresh_build import SnapshotBuild, _amp_name, _threads
@@ -132,6 +134,8 @@ class AsyncRefresher(SnapshotBuild, BudgetedRefresh, ProcessWorker):
         self._snap = dual.doc_snapshot()  # the worker's private copy of the doc tower
         self._lock = threading.Lock()
         self._job: threading.Thread | None = None
+        self._cancel = threading.Event()  # set by cancel(): the in-flight job stops at its next batch
+        self.cancelled = 0  # in-flight refreshes dropped by cancel() (their work superseded)
         self._ready: tuple | None = None
         self._error: tuple[BaseException, str, RefreshRecord] | None = None
         self._records: list[RefreshRecord] = []
@@ -204,9 +208,12 @@ class AsyncRefresher(SnapshotBuild, BudgetedRefresh, ProcessWorker):
                     self._trigger(step, reason)
         return swapped
 
-    def refresh_now(self, blocking: bool = True, step: int | None = None) -> RefreshRecord | None:
+    def refresh_now(self, blocking: bool = True, step: int | None = None,
+                    discard_in_flight: bool = False) -> RefreshRecord | None:
         """Refresh at once. ``blocking=True`` is the synchronous baseline: finish any in-flight refresh, then
         snapshot, re-encode and rebuild in this thread and swap; the whole time counts as stall.
+        ``discard_in_flight=True`` cancels an in-flight refresh instead of finishing it (:meth:`cancel`): at the
+        end of training its older snapshot would be re-encoded at once anyway, so finishing it only costs time.
         ``blocking=False`` starts a background refresh (no-op while one is in flight)."""
         self._raise_error()
         if not blocking:
@@ -214,7 +221,10 @@ class AsyncRefresher(SnapshotBuild, BudgetedRefresh, ProcessWorker):
                 self._trigger(self.last_trigger_step if step is None else step, "manual")
             return None
         t_all = time.perf_counter()
-        self.wait()
+        if discard_in_flight:
+            self.cancel()
+        else:
+            self.wait()
         rec = RefreshRecord(version=self.version + 1, reason="manual" if step is None else "sync", mode="sync",
                             trigger_step=step)
         t0 = time.perf_counter()
@@ -291,6 +301,29 @@ class AsyncRefresher(SnapshotBuild, BudgetedRefresh, ProcessWorker):
             "staleness_s_total": float(sum(self._staleness_checks)),
             "records": [{k: v for k, v in dataclasses.asdict(r).items() if not k.startswith("_")} for r in recs],
         }
+
+    def cancel(self) -> bool:
+        """Drop the in-flight refresh, if any: its encode stops at the next batch (a worker process is stopped
+        and restarted on the next refresh), nothing is swapped in, and the served index stays as it is. Returns
+        True if a refresh was dropped. A refresh that finished before the call is dropped as well."""
+        job = self._job
+        if job is None:
+            return False
+        self._cancel.set()
+        try:
+            job.join()
+        finally:
+            self._cancel.clear()
+        with self._lock:
+            self._ready = None
+            err, self._error = self._error, None
+        self._job = None
+        if err is not None and not isinstance(err[0], EncodeCancelled):
+            self._error = err
+            self._raise_error()
+        self.cancelled += 1
+        logger.info("in-flight refresh to version %d dropped", self.version + 1)
+        return True
 
     def close(self) -> None:
         """Finish any in-flight refresh (not swapped) and stop the worker process."""

@@ -81,7 +81,8 @@ class SnapshotBuild:
         with self._amp():
             return encode_token_lists(d.doc_model, toks, pad_id=d.tokenizer.pad_token_id,
                                       pooling=d.pooling, normalize=d.normalize, batch_size=self.batch_size,
-                                      progress=self.progress, desc="refresh: encode corpus")
+                                      progress=self.progress, desc="refresh: encode corpus",
+                                      should_stop=self._cancel.is_set)
 
     def _encode_and_build(self, rec: RefreshRecord, encode: Callable[[], Any]):
         """Encode (all rows, or ``rec._rows``), splice into the served embeddings if partial, build the index."""

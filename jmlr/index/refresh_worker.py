@@ -18,7 +18,7 @@ import torch
 import torch.multiprocessing as mp
 
 from jmlr.core.precision import autocast
-from jmlr.retriever.embedding import encode_token_lists
+from jmlr.retriever.embedding import EncodeCancelled, encode_token_lists
 
 from .refresh_record import RefreshError
 
@@ -80,6 +80,13 @@ class ProcessWorker:
             try:
                 kind, got, payload = self._res_q.get(timeout=0.5)
             except queue.Empty:
+                if self._cancel.is_set():  # cancel(): stop the worker mid-encode; the next refresh starts one
+                    self._proc.terminate()
+                    self._proc.join(5)
+                    if self._finalizer is not None:
+                        self._finalizer.detach()
+                    self._finalizer, self._proc = None, None
+                    raise EncodeCancelled("the refresh worker process was stopped by cancel()") from None
                 if not self._proc.is_alive():
                     raise RefreshError(f"the refresh worker process died (exit code {self._proc.exitcode})") from None
                 continue

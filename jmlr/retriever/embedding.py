@@ -9,7 +9,7 @@ from __future__ import annotations
 import hashlib
 import json
 from dataclasses import dataclass
-from typing import Sequence
+from typing import Callable, Sequence
 
 import torch
 from torch import nn
@@ -17,7 +17,7 @@ from tqdm.auto import tqdm
 
 from .pooling import parse_pooling, pooling_name
 
-__all__ = ["pool", "PooledOutput", "PooledEncoder", "pad_batch", "embed_tokens", "encode_token_lists",
+__all__ = ["pool", "PooledOutput", "PooledEncoder", "pad_batch", "embed_tokens", "encode_token_lists", "EncodeCancelled",
            "hidden_size", "tower_dim", "tensor_digest", "embedding_state"]
 
 
@@ -111,14 +111,20 @@ def embed_tokens(model: nn.Module, input_ids: torch.Tensor, attention_mask: torc
     return emb
 
 
+class EncodeCancelled(RuntimeError):
+    """Raised by :func:`encode_token_lists` when its ``should_stop`` check says to stop."""
+
+
 @torch.no_grad()
 def encode_token_lists(model: nn.Module, token_lists: Sequence[Sequence[int]], *, pad_id: int, pooling: str,
                        normalize: bool, batch_size: int = 64, progress: bool = False, desc: str = "encode",
-                       out: torch.Tensor | None = None) -> torch.Tensor:
+                       out: torch.Tensor | None = None,
+                       should_stop: Callable[[], bool] | None = None) -> torch.Tensor:
     """Encode pre-tokenized texts without gradient, longest first (little padding), in input order.
 
     Returns ``(n, d)`` float32 on CPU (written into ``out`` when given). The model is put in eval mode for
-    the call and restored afterwards.
+    the call and restored afterwards. ``should_stop`` is asked before each batch; when it returns True the
+    encode stops and raises :class:`EncodeCancelled` (a background index refresh that is no longer wanted).
     """
     n = len(token_lists)
     order = sorted(range(n), key=lambda i: -len(token_lists[i]))
@@ -128,6 +134,9 @@ def encode_token_lists(model: nn.Module, token_lists: Sequence[Sequence[int]], *
     try:
         bar = tqdm(total=n, desc=desc, unit="text", disable=not progress, leave=False)
         for s in range(0, n, batch_size):
+            if should_stop is not None and should_stop():
+                bar.close()
+                raise EncodeCancelled(f"encode stopped after {s} of {n} texts")
             idx = order[s:s + batch_size]
             ids, mask = pad_batch([token_lists[i] for i in idx], pad_id)
             emb = embed_tokens(model, ids.to(device), mask.to(device), pooling, normalize).float().cpu()  # (b, d)

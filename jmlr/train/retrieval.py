@@ -116,9 +116,10 @@ class RetrievalState:
         self.refresher.index.save(folder / f"rank-{self.rank}" if self.world > 1 else folder)
 
     def finish(self) -> None:
-        """End of training: bring the index in line with the final doc tower (blocking) for evaluation."""
+        """End of training: bring the index in line with the final doc tower (blocking) for evaluation. A
+        refresh still in flight encodes an older snapshot, so it is dropped, not waited for."""
         if self.refresher.enabled:
-            self.refresher.refresh_now(blocking=True)
+            self.refresher.refresh_now(blocking=True, discard_in_flight=True)
 
     def close(self) -> None:
         if self.refresher is not None:
