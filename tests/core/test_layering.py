@@ -46,8 +46,6 @@ ALLOWED = {
     ("lazy", "jmlr.train.stages.data_io", "*"): "function-level imports of jmlr.data, reader, fs",
     ("lazy", "jmlr.train.stages.engine", "*"): "function-level imports of checkpoint, loop, precision, models",
     ("lazy", "jmlr.train.stages.qgen_parse", "*"): "function-level import of jmlr.reader.parse",
-    # jmlr/reader/** (issue 16)
-    ("lazy", "jmlr.reader.reader", "*"): "function-level imports of jmlr.models and .loading (reader split)",
     # jmlr/index/refresh.py (the budgeted refresher's branch)
     ("lazy", "jmlr.index.refresh", "*"): "function-level imports of retriever.embedding, kernels, .build, .exact",
     # re-export shims kept for benchmarks/ (another branch): remove with the shim
