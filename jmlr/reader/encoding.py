@@ -72,10 +72,10 @@ class EncodingMixin:
     def _encode_texts(self, texts: Sequence[str]) -> list[list[int]]:
         """Token ids of prompts; a trailing EOS that some tokenizers append (``add_eos_token``) is dropped,
         since the answer must follow the prompt directly."""
-        ids = self.tokenizer(list(texts), add_special_tokens=self._add_special)["input_ids"]
+        ids = self.tokenizer(list(texts), add_special_tokens=self.add_special_tokens)["input_ids"]
         if self._appends_eos is None:
             eos = self.tokenizer.eos_token_id
-            with_sp = self.tokenizer("x", add_special_tokens=self._add_special)["input_ids"]
+            with_sp = self.tokenizer("x", add_special_tokens=self.add_special_tokens)["input_ids"]
             plain = self.tokenizer("x", add_special_tokens=False)["input_ids"]
             self._appends_eos = bool(eos is not None and with_sp and with_sp[-1] == eos
                                      and (not plain or plain[-1] != eos))

@@ -53,7 +53,7 @@ class GenerationMixin:
             starts = range(0, len(prompts), batch_size)
             for s in tqdm(starts, desc="generate", disable=not progress, total=len(starts)):
                 enc = tok(list(prompts[s: s + batch_size]), return_tensors="pt", padding=True,
-                          add_special_tokens=self._add_special).to(self.device)
+                          add_special_tokens=self.add_special_tokens).to(self.device)
                 kw = {"max_new_tokens": max_new_tokens, "do_sample": do_sample, "pad_token_id": self._pad_id}
                 if not do_sample:
                     kw.update(temperature=None, top_p=None, top_k=None)

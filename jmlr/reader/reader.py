@@ -87,7 +87,8 @@ class Reader(WeightsMixin, EncodingMixin, ScoringMixin, GenerationMixin):
             tokenizer.pad_token = tokenizer.eos_token
         self._pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
         # The chat template renders BOS itself; the plain templates let the tokenizer add its special tokens.
-        self._add_special = template != "chat"
+        # (what every tokenization of a prompt passes as ``add_special_tokens=``, here and in other packages)
+        self.add_special_tokens: bool = template != "chat"
         self._target_cache: dict[str, list[int]] = {}
         self._probe_ids: list[int] | None = None
         self.tokens_seen = 0  # tokens through scoring forwards (prompt + answer), for cost accounting
@@ -107,7 +108,7 @@ class Reader(WeightsMixin, EncodingMixin, ScoringMixin, GenerationMixin):
         return self
 
     def __repr__(self) -> str:
-        name = getattr(getattr(self._base_model(), "config", None), "_name_or_path", "") or type(self._base_model()).__name__
+        name = getattr(getattr(self.base_model, "config", None), "_name_or_path", "") or type(self.base_model).__name__
         return (f"Reader({name!r}, template={self.template!r}, max_length={self.max_length}, "
                 f"target={self.target!r}, peft={self.is_peft})")
 

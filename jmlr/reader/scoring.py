@@ -52,7 +52,7 @@ class ScoringMixin:
 
     # ------------------------------------------------------------------ forward machinery
     def _inspect_forward(self) -> None:
-        params = inspect.signature(self._base_model().forward).parameters
+        params = inspect.signature(self.base_model.forward).parameters
         self._keep_arg = next((n for n in ("logits_to_keep", "num_logits_to_keep") if n in params), None)
         self._pass_positions = "position_ids" in params
 

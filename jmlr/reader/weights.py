@@ -161,7 +161,7 @@ class WeightsMixin:
 
     def enable_gradient_checkpointing(self: _R) -> _R:
         """Turn on activation checkpointing (non-reentrant; active while the model is in train mode)."""
-        self._enable_gc(self._base_model())
+        self._enable_gc(self.base_model)
         return self
 
     def add_lora(self: _R, lora: Any) -> _R:
@@ -193,7 +193,9 @@ class WeightsMixin:
         """Whether the model is wrapped by peft."""
         return hasattr(self.model, "peft_config") and hasattr(self.model, "get_base_model")
 
-    def _base_model(self):
+    @property
+    def base_model(self):
+        """The transformers model itself: :attr:`model` without peft's wrapper (``model`` when there is none)."""
         return self.model.get_base_model() if self.is_peft else self.model
 
     def trainable_parameters(self) -> list[torch.nn.Parameter]:
