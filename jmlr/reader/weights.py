@@ -15,8 +15,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
-import tempfile
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, TypeVar
@@ -25,6 +23,7 @@ import torch
 import torch.distributed as dist
 from safetensors.torch import load_file
 
+from jmlr.core.fs import atomic_dir
 from jmlr.models import resolve
 
 from .loading import check_quantization, is_sharded, load_full_state_dict, quantization_config
@@ -49,6 +48,21 @@ def _as_dtype(dtype: Any) -> torch.dtype | None:
     if dtype == "auto":
         return dtype
     raise ValueError(f"unknown dtype {dtype!r}; expected one of {sorted(_DTYPES)} or a torch.dtype")
+
+
+def _read_model_weights(folder: Path) -> dict:
+    """The full model's weights a ``save_pretrained`` folder holds (one safetensors file or an indexed set)."""
+    index = folder / "model.safetensors.index.json"
+    if index.is_file():
+        files = sorted(set(json.loads(index.read_text())["weight_map"].values()))
+    elif (folder / "model.safetensors").is_file():
+        files = ["model.safetensors"]
+    else:
+        raise FileNotFoundError(f"{folder}: neither model.safetensors nor model.safetensors.index.json found")
+    state: dict = {}
+    for name in files:
+        state.update(load_file(str(folder / name)))
+    return state
 
 
 class WeightsMixin:
@@ -205,15 +219,12 @@ class WeightsMixin:
     def save_pretrained(self, save_directory: str | os.PathLike, state_dict: dict | None = None) -> None:
         """Write the model (safetensors; with LoRA only the adapter), the tokenizer and ``jmlr_reader.json``.
 
-        The folder is written under a temporary name and moved into place, so a crash never leaves a
-        half-written checkpoint where a good one was. ``state_dict``: the weights to write instead of the
-        model's own, e.g. the full state an FSDP-sharded model gathered
-        (:func:`jmlr.reader.loading.full_state_dict`), written by rank 0.
+        The folder is written under a temporary name, fsynced and moved into place
+        (:func:`jmlr.core.fs.atomic_dir`), so a crash never leaves a half-written checkpoint where a good one
+        was. ``state_dict``: the weights to write instead of the model's own, e.g. the full state an
+        FSDP-sharded model gathered (:func:`jmlr.reader.loading.full_state_dict`), written by rank 0.
         """
-        out = Path(save_directory)
-        out.parent.mkdir(parents=True, exist_ok=True)
-        tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
-        try:
+        with atomic_dir(save_directory) as tmp:
             if state_dict is not None:
                 self.model.save_pretrained(str(tmp), state_dict=state_dict)
             else:
@@ -225,16 +236,6 @@ class WeightsMixin:
                 "micro_batch": self.micro_batch,
             }
             (tmp / READER_CONFIG_NAME).write_text(json.dumps({"reader": settings}, indent=2))
-            if out.exists():
-                old = out.with_name(f".{out.name}.old-{os.getpid()}")
-                os.replace(out, old)
-                os.replace(tmp, out)
-                shutil.rmtree(old, ignore_errors=True)
-            else:
-                os.replace(tmp, out)
-        except BaseException:
-            shutil.rmtree(tmp, ignore_errors=True)
-            raise
 
     def load_weights(self, folder: str | os.PathLike) -> None:
         """Load weights written by :meth:`save_pretrained` into THIS model, in place (optimizer references
@@ -255,17 +256,7 @@ class WeightsMixin:
             if bad:
                 raise ValueError(f"{f}: adapter weights {bad[:5]} do not match this model's adapters")
             return
-        index = folder / "model.safetensors.index.json"
-        if index.is_file():
-            files = sorted(set(json.loads(index.read_text())["weight_map"].values()))
-        elif (folder / "model.safetensors").is_file():
-            files = ["model.safetensors"]
-        else:
-            raise FileNotFoundError(f"{folder}: neither model.safetensors nor model.safetensors.index.json found")
-        state: dict = {}
-        for name in files:
-            state.update(load_file(str(folder / name)))
-        result = self.model.load_state_dict(state, strict=False)
+        result = self.model.load_state_dict(_read_model_weights(folder), strict=False)
         tied = set()
         if getattr(getattr(self.model, "config", None), "tie_word_embeddings", False):
             out_emb = self.model.get_output_embeddings()
@@ -312,11 +303,7 @@ class WeightsMixin:
             if len(state) != len(saved) or not saved:
                 raise ValueError(f"{f}: adapter weights do not match this model's adapters")
         else:
-            index = folder / "model.safetensors.index.json"
-            files = (sorted(set(json.loads(index.read_text())["weight_map"].values())) if index.is_file()
-                     else ["model.safetensors"])
-            for name in files:
-                state.update(load_file(str(folder / name)))
+            state = _read_model_weights(folder)
             out_emb = self.model.get_output_embeddings()
             if getattr(self.model.config, "tie_word_embeddings", False) and out_emb is not None:
                 tied = [n for n, p in self.model.named_parameters(remove_duplicate=False) if p is out_emb.weight]
