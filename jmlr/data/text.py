@@ -1,6 +1,6 @@
 """Text normalisation of the data layer: :func:`normalize_for_dedup` (corpus dedup, repeated questions) and the one
-word tokenizer :func:`words` (contamination n-grams). The reader's answer matching has its own rules
-(``jmlr.reader.parse``)."""
+word tokenizer :func:`words` (contamination n-grams, qgen validation). The reader's answer matching has its own
+rules (``jmlr.reader.parse.normalize_answer``)."""
 from __future__ import annotations
 
 import re

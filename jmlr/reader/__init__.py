@@ -4,9 +4,9 @@
 the prompt templates (:mod:`jmlr.reader.prompts`) and the answer parser (:func:`parse_answer`, which never
 falls back to a default letter). Importing this package imports torch.
 """
-from .parse import normalize_text, parse_answer
+from .parse import normalize_answer, parse_answer
 from .prompts import TEMPLATES, build_prompt, target_string
 from .reader import Encoded, Reader, TokenLoglik
 
-__all__ = ["Reader", "Encoded", "TokenLoglik", "parse_answer", "normalize_text", "build_prompt",
+__all__ = ["Reader", "Encoded", "TokenLoglik", "parse_answer", "normalize_answer", "build_prompt",
            "target_string", "TEMPLATES"]

@@ -142,7 +142,7 @@ def shard_reader(reader, mesh, reshard_after_forward: bool = True):
     """
     from torch.distributed.fsdp import fully_shard
 
-    base = reader._base_model()
+    base = reader.base_model
     names = set(getattr(base, "_no_split_modules", None) or [])
     blocks = [m for m in base.modules() if type(m).__name__ in names]
     if not blocks:

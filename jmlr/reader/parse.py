@@ -30,7 +30,7 @@ import re
 import string
 from collections.abc import Mapping
 
-__all__ = ["parse_answer", "normalize_text"]
+__all__ = ["parse_answer", "normalize_answer"]
 
 # "answer", "correct answer", "final answer", "answer is", "option", "choice" + optional ":"/"-" + letter.
 _EXPLICIT_TAIL = r"(?:\s+(?:is|would\s+be|will\s+be|should\s+be))?)\s*[:\-]?\s*[\(\[]?([A-Z])(?![A-Za-z0-9])"
@@ -44,18 +44,20 @@ _ANSWER_PREFIX = re.compile(r"^(?i:(?:the\s+)?(?:correct\s+|final\s+)?answer(?:\
 _PUNCT = string.punctuation + "\u2018\u2019\u201c\u201d"
 
 
-def normalize_text(text: str) -> str:
-    """Lower-case, collapse whitespace, strip surrounding punctuation and markdown emphasis."""
+def normalize_answer(text: str) -> str:
+    """Lower-case, collapse whitespace, strip surrounding punctuation and markdown emphasis: the text an
+    answer is matched by (rule 3). Not the data layer's :func:`jmlr.data.text.normalize_for_dedup`, which
+    keeps punctuation."""
     text = text.replace("*", " ").replace("_", " ")
     text = " ".join(text.split()).lower()
     return text.strip(_PUNCT + " ")
 
 
 def _option_matches(text: str, options: Mapping[str, str]) -> list[str]:
-    norm = normalize_text(text)
+    norm = normalize_answer(text)
     if not norm:
         return []
-    return [letter for letter, opt in options.items() if normalize_text(str(opt)) == norm]
+    return [letter for letter, opt in options.items() if normalize_answer(str(opt)) == norm]
 
 
 def _leading_letter(body: str) -> str | None:

@@ -29,13 +29,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from jmlr.core.fs import atomic_file
+from jmlr.data.types import LETTERS  # every question has four options: LETTERS[:4]
 
 SEED = 20240611
 N_CLASSES = 20
 DRUGS_PER_CLASS = 13
 N_CONDITION_BASES = 50
 SPLIT_SIZES = {"train": 600, "dev": 100, "test": 150}
-LETTERS = ("A", "B", "C", "D")
 MIN_WORDS, MAX_WORDS = 25, 60
 
 # --------------------------------------------------------------------------------------------------

@@ -73,7 +73,7 @@ def resolve_corpus(src: str, fmt: str | None = None):
 def add_special_tokens_for(reader) -> bool:
     """Whether prompts of this reader are tokenized with the tokenizer's special tokens (not for chat, whose
     template renders them itself) -- the same rule the Reader uses for scoring and generation."""
-    return bool(getattr(reader, "_add_special", reader.template != "chat"))
+    return bool(getattr(reader, "add_special_tokens", reader.template != "chat"))
 
 
 def iter_json_lines(path: str | os.PathLike, expected: str) -> Iterable[tuple[str, dict]]:

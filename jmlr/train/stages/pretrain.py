@@ -300,7 +300,7 @@ def run_pretrain(cfg: PretrainConfig, reader=None, texts: Sequence[str] | Any = 
             raise ValueError("the tokenizer has no EOS token; set data.separator to a token of its vocabulary")
     if cfg.data.packing not in PACKINGS:
         raise ValueError(f"data.packing must be one of {PACKINGS}, got {cfg.data.packing!r}")
-    max_pos = getattr(getattr(reader._base_model(), "config", None), "max_position_embeddings", None)
+    max_pos = getattr(getattr(reader.base_model, "config", None), "max_position_embeddings", None)
     if max_pos and cfg.data.window > max_pos:
         raise ValueError(f"data.window={cfg.data.window} exceeds the model's max_position_embeddings={max_pos}")
     stream = PackedStream(texts, tok, cfg.data.window, sep, seed=cfg.seed, shuffle=cfg.data.shuffle,

@@ -5,9 +5,9 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
-__all__ = ["LETTERS", "ParsedMCQ", "parse_mcq"]
+from jmlr.data.types import LETTERS  # a generated MCQ has four options: LETTERS[:4]
 
-LETTERS = ("A", "B", "C", "D")
+__all__ = ["LETTERS", "ParsedMCQ", "parse_mcq"]
 
 
 @dataclass

@@ -3,7 +3,8 @@ the two measures behind them (answer support, copied question)."""
 from __future__ import annotations
 
 import re
-import unicodedata
+
+from jmlr.data.text import words
 
 from .qgen_parse import ParsedMCQ, _resolve_answer
 
@@ -18,13 +19,13 @@ has have had having can could may might must shall should will would very more m
 into onto over under after before about above below between during per via each any all both either neither
 only also there their they them he she his her him i we you your our us one""".split())
 _CJK = re.compile(r"[\u3040-\u30ff\u3400-\u4dbf\u4e00-\u9fff\uac00-\ud7af\uf900-\ufaff]")
-_WORD = re.compile(r"\w+")
 
 
 def _tokens(text: str) -> list[str]:
-    """NFKC + casefold word tokens; CJK characters are tokens of their own (no spaces to split on)."""
+    """:func:`jmlr.data.text.words` (NFKC, casefold, ``\\w+``), with CJK characters as tokens of their own
+    (no spaces to split on)."""
     out = []
-    for w in _WORD.findall(unicodedata.normalize("NFKC", text).casefold()):
+    for w in words(text):
         if _CJK.search(w):
             buf = ""
             for ch in w:
