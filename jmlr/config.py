@@ -55,7 +55,9 @@ class RetrieverConfig:
     train_docs: bool = _f(True, "train the doc tower too; False is query-side-only mode (no refresh needed)")
     frozen: bool = _f(False, "freeze the whole retriever: RAG with a fixed retriever, only the reader trains")
     lr: float = _f(2e-5, "learning rate of the retriever parameter group")
-    temperature: float = _f(0.05, "retrieval temperature tau used to turn scores into softmax(s/tau)")
+    temperature: float = _f(0.05, "the one retrieval temperature tau: every retriever softmax(s/tau) of the run, the "
+                                  "joint loss's (given to it as its temperature) and index.sample_m's sampling; the "
+                                  "scores s are raw inner products (see docs/losses.md)")
     query_prefix: Optional[str] = _f(None, "text put before every query (e5: 'query: '); empty = the model's "
                                            "sentence-transformers 'query' prompt, if any")
     doc_prefix: Optional[str] = _f(None, "text put before every passage (e5: 'passage: '); empty = the model's "
@@ -127,8 +129,8 @@ class RefreshConfig:
 @dataclass
 class LossConfig:
     name: str = _f("rag_sequence", "joint loss: rag_sequence, rag_token, jmlr_rank, pdist, emdr2, lsr, loop")
-    reader_temperature: float = _f(1.0, "temperature on reader log-likelihoods for distillation losses")
-    options: dict = _f({}, "extra keyword arguments of the loss class")
+    options: dict = _f({}, "extra keyword arguments of the loss class (its temperature is retriever.temperature; "
+                           "the reader-side temperature of pdist, lsr and loop is target_temperature)")
 
 
 @dataclass
@@ -208,8 +210,17 @@ RENAMED = {
 }
 """Keys that were renamed (last component of the dotted key) and what replaces them."""
 
+REMOVED = {
+    "loss.reader_temperature": "it was never read; the reader-side temperature of the distillation losses (pdist, "
+                               "lsr, loop) is loss.options.target_temperature, and the retriever's is "
+                               "retriever.temperature",
+}
+"""Keys that were removed (full dotted key) and what to use instead."""
+
 
 def _unknown(key: str, where: str, known: list[str]) -> ValueError:
+    if key in REMOVED:
+        return ValueError(f"config key '{key}'{where} was removed: {REMOVED[key]}")
     last = key.rsplit(".", 1)[-1]
     if last in RENAMED:
         new = key[: len(key) - len(last)] + RENAMED[last]
@@ -384,7 +395,6 @@ _BOUNDS = {
     "reader.lr": (0, True),
     "index.top_k": (1, True), "index.over_retrieve": (0, True), "index.sample_m": (0, True),
     "refresh.every": (0, True), "refresh.probe_size": (1, True),
-    "loss.reader_temperature": (0, False),
     "optim.steps": (1, True), "optim.batch_size": (1, True), "optim.grad_accum": (1, True),
     "optim.warmup_steps": (0, True), "optim.max_grad_norm": (0, True), "optim.weight_decay": (0, True),
     "optim.max_time_s": (0, True),
@@ -434,6 +444,10 @@ def validate(cfg: TrainConfig) -> TrainConfig:
                             f"got {pooling!r}")
     if cfg.index.sample_m and cfg.index.sample_m > cfg.index.top_k:
         problems.append(f"index.sample_m={cfg.index.sample_m} must be in 1..index.top_k={cfg.index.top_k} (0 = off)")
+    if "temperature" in cfg.loss.options:
+        problems.append(f"loss.options.temperature={cfg.loss.options['temperature']!r}: the loss's temperature is "
+                        "retriever.temperature (one temperature for every softmax(s/tau) of the retriever); set "
+                        "retriever.temperature instead")
     if cfg.dist.strategy == "deepspeed":
         problems.append("dist.strategy=deepspeed is not supported: use dist.strategy=fsdp (FSDP2 through accelerate; "
                         "it shards the reader like ZeRO-3) or ddp")

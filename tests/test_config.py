@@ -84,3 +84,25 @@ def test_every_shipped_yaml_loads():
             load_stage_config(config_class_for_file(f), f)
         else:
             load_config(f)
+
+
+def test_removed_reader_temperature_is_refused_with_what_to_use(tmp_path):
+    f = tmp_path / "old.yaml"
+    f.write_text("loss:\n  name: pdist\n  reader_temperature: 2.0\n")
+    with pytest.raises(ValueError, match=r"'loss.reader_temperature' in .*old.yaml was removed.*"
+                                         r"loss.options.target_temperature.*retriever.temperature"):
+        load_config(f)
+    with pytest.raises(ValueError, match=r"'loss.reader_temperature' was removed.*target_temperature"):
+        load_config(None, ["loss.reader_temperature=2"])
+    assert "loss.reader_temperature" not in all_keys()
+
+
+def test_one_temperature_a_loss_temperature_option_names_retriever_temperature():
+    with pytest.raises(ValueError, match=r"loss.options.temperature=0.5.*set retriever.temperature instead"):
+        load_config(None, ['loss.options={"temperature": 0.5}'])
+    cfg = load_config(None, ['loss.options={"target_temperature": 0.5}', "retriever.temperature=0.1"])
+    from jmlr.train.joint_model import make_loss
+
+    cfg.loss.name = "pdist"
+    loss_fn = make_loss(cfg)
+    assert (loss_fn.temperature, loss_fn.target_temperature) == (0.1, 0.5)

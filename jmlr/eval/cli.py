@@ -60,7 +60,7 @@ def evaluate_run(run: str, data: str, fmt: str = "jmlr", retrieval: bool = True,
     from jmlr.retriever import DualEncoder
     from jmlr.train import checkpoint as ckpt
     from jmlr.train.retrieval import RetrievalState
-    from jmlr.train.trainer import evaluate_joint
+    from jmlr.eval.joint import evaluate_joint
 
     folder = Path(run)
     if not (folder / ckpt.STATE_FILE).is_file():

@@ -1,8 +1,8 @@
 """Joint retriever+reader losses, one class per file, registered by name.
 
 Every loss is an ``nn.Module`` called as ``loss(scores (B, K), loglik (B, K), *, mask=None, **extras)``
-and returns a scalar tensor; see :mod:`jmlr.losses.base` for the shared contract and ``docs/losses.md``
-for the formulas.
+and returns a scalar tensor. Its ``needs`` (a :class:`ReaderNeeds`) says which reader outputs go into that
+call; see :mod:`jmlr.losses.base` for the shared contract and ``docs/losses.md`` for the formulas.
 
 >>> from jmlr.losses import get_loss
 >>> loss_fn = get_loss("rag_sequence", temperature=0.5)
@@ -12,7 +12,8 @@ from __future__ import annotations
 import difflib
 import inspect
 
-from .base import JointLoss
+from .base import JointLoss, ReaderNeeds
+from .distillation import DistillationLoss
 from .emdr2 import EMDR2Loss
 from .jmlr_rank import JMLRRankLoss
 from .loop import LeaveOneOutLoss
@@ -25,6 +26,8 @@ __all__ = [
     "LOSSES",
     "get_loss",
     "JointLoss",
+    "ReaderNeeds",
+    "DistillationLoss",
     "RAGSequenceLoss",
     "RAGTokenLoss",
     "JMLRRankLoss",

@@ -11,12 +11,17 @@ Every loss in :mod:`jmlr.losses` is a :class:`JointLoss`: an ``nn.Module`` calle
   candidates take no part in any softmax, sum or pair, and get exactly zero gradient. Their values may be
   anything, ``nan`` and ``inf`` included.
 
+What a loss needs from the reader is declared once, by the loss: its ``needs`` (a :class:`ReaderNeeds`). The
+joint trainer computes exactly that set and nothing else; no loss is known to it by name.
+
 After each call ``loss.last_stats`` holds detached 0-dim tensors for logging (call ``float()`` on them; they
-are kept as tensors so that logging costs no device sync unless you ask for the value).
+are kept as tensors so that logging costs no device sync unless you ask for the value). The joint trainer logs
+them as ``loss/<stat>``.
 """
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass, fields
 from typing import ClassVar
 
 import torch
@@ -24,6 +29,7 @@ from torch import nn
 
 __all__ = [
     "JointLoss",
+    "ReaderNeeds",
     "READER_MODES",
     "check_positive",
     "masked_log_softmax",
@@ -35,6 +41,36 @@ __all__ = [
 ]
 
 READER_MODES = ("none", "top1", "mean", "weighted")
+
+
+@dataclass(frozen=True)
+class ReaderNeeds:
+    """What a loss needs besides the scores: the trainer computes exactly these and passes them by keyword.
+
+    * ``loglik``: ``(B, K)`` ``log p(y | x, z_k)``, one passage per prompt (the positional argument; ``None``
+      is passed when False);
+    * ``token_logp``: ``(B, K, T)`` per-token answer log-probs with their ``token_mask`` ``(B, T)`` (same pass);
+    * ``reader_nll``: ``(B,)`` ``-log p(y | x, z_1..z_K)``, the K passages concatenated into one prompt;
+    * ``loo_loglik``: ``(B, K)`` ``log p(y | x, Z minus z_k)``, leave-one-out;
+    * ``generator``: a ``torch.Generator`` for the loss's own sampling (seeded per step: resumable).
+
+    >>> ReaderNeeds(loglik=True, loo_loglik=True).inputs()
+    ('loo_loglik',)
+    """
+
+    loglik: bool = True
+    token_logp: bool = False
+    reader_nll: bool = False
+    loo_loglik: bool = False
+    generator: bool = False
+
+    def inputs(self) -> tuple[str, ...]:
+        """The keyword inputs these needs put into the loss call (``token_logp`` brings ``token_mask``)."""
+        out = []
+        for f in fields(self):
+            if f.name != "loglik" and getattr(self, f.name):
+                out += [f.name, "token_mask"] if f.name == "token_logp" else [f.name]
+        return tuple(out)
 
 
 def check_positive(name: str, value: float) -> float:
@@ -180,18 +216,12 @@ def optional_reader_term(
 class JointLoss(nn.Module):
     """Base class of the joint losses. Subclasses implement ``forward`` and call :meth:`_prepare` first.
 
-    Class attributes a trainer can read to know what to compute before calling the loss:
-
-    * ``required_inputs``: keyword inputs the loss cannot run without (e.g. ``("loo_loglik",)``);
-    * ``optional_inputs``: keyword inputs it accepts besides ``mask``;
-    * ``needs_loglik``: whether the positional ``loglik`` is used (``False`` for ``rag_token`` and ``loop``
-      when their reader term is off, where ``None`` may be passed).
+    ``needs`` (a :class:`ReaderNeeds`; a property where it depends on the loss's options) says what a trainer
+    computes before calling the loss: by default only ``loglik``.
     """
 
     name: ClassVar[str] = ""
-    required_inputs: ClassVar[tuple[str, ...]] = ()
-    optional_inputs: ClassVar[tuple[str, ...]] = ()
-    needs_loglik: ClassVar[bool] = True
+    needs: ReaderNeeds = ReaderNeeds()
 
     def __init__(self) -> None:
         super().__init__()

@@ -68,7 +68,6 @@ class EMDR2Loss(JointLoss):
     """
 
     name = "emdr2"
-    optional_inputs = ("reader_nll",)
 
     def __init__(self, temperature: float = 1.0, reader: str = "mean", reader_weight: float = 1.0) -> None:
         super().__init__()

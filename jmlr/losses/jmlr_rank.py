@@ -4,7 +4,15 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from .base import READER_MODES, JointLoss, check_nonnegative, check_positive, masked_log_softmax, reader_term
+from .base import (
+    READER_MODES,
+    JointLoss,
+    ReaderNeeds,
+    check_nonnegative,
+    check_positive,
+    masked_log_softmax,
+    reader_term,
+)
 
 
 class JMLRRankLoss(JointLoss):
@@ -83,7 +91,12 @@ class JMLRRankLoss(JointLoss):
     """
 
     name = "jmlr_rank"
-    optional_inputs = ("generator", "sample_idx", "reader_nll")
+
+    @property
+    def needs(self) -> ReaderNeeds:  # type: ignore[override]
+        """``loglik`` ranks the sample; the NLL term is the reader on the top documents concatenated (as the
+        JMLR paper and code do), computed only when it counts; a generator seeds the sampling."""
+        return ReaderNeeds(loglik=True, reader_nll=self.nll_weight > 0, generator=True)
 
     def __init__(
         self,

@@ -3,20 +3,11 @@ from __future__ import annotations
 
 import torch
 
-from .base import (
-    READER_MODES,
-    JointLoss,
-    check_nonnegative,
-    check_positive,
-    entropy,
-    masked_kl,
-    masked_log_softmax,
-    optional_reader_term,
-    per_token,
-)
+from .base import ReaderNeeds, per_token
+from .distillation import DistillationLoss
 
 
-class LeaveOneOutLoss(JointLoss):
+class LeaveOneOutLoss(DistillationLoss):
     r"""Leave-one-out perplexity distillation (LOOP): a document matters as much as removing it hurts.
 
     With :math:`\ell^{\setminus k} = \log p(y \mid x, Z \setminus z_k)`, the reader's log-likelihood of the
@@ -69,36 +60,22 @@ class LeaveOneOutLoss(JointLoss):
     """
 
     name = "loop"
-    required_inputs = ("loo_loglik",)
-    optional_inputs = ("num_tokens", "reader_nll")
 
     @property
-    def needs_loglik(self) -> bool:  # type: ignore[override]
-        """``loglik`` is read only by the optional reader term."""
-        return self.reader != "none"
+    def needs(self) -> ReaderNeeds:  # type: ignore[override]
+        """The leave-one-out log-likelihoods; ``loglik`` only for the optional reader term."""
+        return ReaderNeeds(loglik=self.reader != "none", loo_loglik=True)
 
-    def __init__(
-        self,
-        temperature: float = 1.0,
-        target_temperature: float = 1.0,
-        reader: str = "none",
-        reader_weight: float = 1.0,
-    ) -> None:
-        super().__init__()
-        if reader not in READER_MODES:
-            raise ValueError(f"reader must be one of {READER_MODES}, got {reader!r}")
-        self.temperature = check_positive("temperature", temperature)
-        self.target_temperature = check_positive("target_temperature", target_temperature)
-        self.reader = reader
-        self.reader_weight = check_nonnegative("reader_weight", reader_weight)
-
-    def _config(self) -> dict:
-        return {
-            "temperature": self.temperature,
-            "target_temperature": self.target_temperature,
-            "reader": self.reader,
-            "reader_weight": self.reader_weight,
-        }
+    def target_scores(self, scores, loglik, mask, num_tokens, *, loo_loglik=None, **inputs) -> torch.Tensor:
+        B, K = mask.shape
+        if not isinstance(loo_loglik, torch.Tensor) or tuple(loo_loglik.shape) != (B, K):
+            shape = tuple(loo_loglik.shape) if isinstance(loo_loglik, torch.Tensor) else type(loo_loglik).__name__
+            raise ValueError(f"loop: loo_loglik must have shape (B, K) = {(B, K)} like scores, got {shape}")
+        if not torch.is_floating_point(loo_loglik):
+            raise ValueError(f"loop: loo_loglik must be a floating tensor, got dtype {loo_loglik.dtype}")
+        loo = loo_loglik.detach().to(scores.dtype)
+        self._check_finite("loo_loglik", loo, mask)
+        return per_token(-loo, num_tokens, B, K, self.name)  # (B, K), the leave-one-out loss
 
     def forward(
         self,
@@ -111,27 +88,4 @@ class LeaveOneOutLoss(JointLoss):
         reader_nll: torch.Tensor | float | None = None,
     ) -> torch.Tensor:
         need_ll = self.reader != "none" and reader_nll is None
-        scores, loglik, mask = self._prepare(scores, loglik, mask, need_loglik=need_ll)
-        B, K = scores.shape
-        if not isinstance(loo_loglik, torch.Tensor) or tuple(loo_loglik.shape) != (B, K):
-            shape = tuple(loo_loglik.shape) if isinstance(loo_loglik, torch.Tensor) else type(loo_loglik).__name__
-            raise ValueError(f"loop: loo_loglik must have shape (B, K) = {(B, K)} like scores, got {shape}")
-        if not torch.is_floating_point(loo_loglik):
-            raise ValueError(f"loop: loo_loglik must be a floating tensor, got dtype {loo_loglik.dtype}")
-        loo = loo_loglik.detach().to(scores.dtype)
-        self._check_finite("loo_loglik", loo, mask)
-        loo_loss = per_token(-loo, num_tokens, B, K, self.name)  # (B, K), leave-one-out loss
-        log_target = masked_log_softmax(loo_loss / self.target_temperature, mask)  # (B, K)
-        log_retr = masked_log_softmax(scores / self.temperature, mask)  # (B, K)
-        kl = masked_kl(log_target, log_retr, mask).mean()
-        nll = optional_reader_term(self, scores, loglik, mask, reader_nll)
-        loss = kl + self.reader_weight * nll
-        with torch.no_grad():
-            self.last_stats = {
-                "loss": loss.detach(),
-                "kl": kl.detach(),
-                "reader_nll": nll.detach(),
-                "target_entropy": entropy(log_target, mask),
-                "retriever_entropy": entropy(log_retr, mask),
-            }
-        return loss
+        return self._distill(scores, loglik, mask, num_tokens, reader_nll, need_loglik=need_ll, loo_loglik=loo_loglik)

@@ -3,20 +3,11 @@ from __future__ import annotations
 
 import torch
 
-from .base import (
-    READER_MODES,
-    JointLoss,
-    check_nonnegative,
-    check_positive,
-    entropy,
-    masked_kl,
-    masked_log_softmax,
-    optional_reader_term,
-    per_token,
-)
+from .base import per_token
+from .distillation import DistillationLoss
 
 
-class LSRLoss(JointLoss):
+class LSRLoss(DistillationLoss):
     r"""REPLUG LSR: fit the retrieval likelihood to the LM likelihood with KL(P_R ‖ Q_LM).
 
     .. math::
@@ -69,7 +60,7 @@ class LSRLoss(JointLoss):
     """
 
     name = "lsr"
-    optional_inputs = ("num_tokens", "reader_nll")
+    reverse_kl = True  # KL(P_R || Q_LM)
 
     def __init__(
         self,
@@ -79,51 +70,15 @@ class LSRLoss(JointLoss):
         reader: str = "none",
         reader_weight: float = 1.0,
     ) -> None:
-        super().__init__()
         if lm_score not in ("loglik", "prob"):
             raise ValueError(f"lm_score must be 'loglik' or 'prob', got {lm_score!r}")
-        if reader not in READER_MODES:
-            raise ValueError(f"reader must be one of {READER_MODES}, got {reader!r}")
-        self.temperature = check_positive("temperature", temperature)
-        self.target_temperature = check_positive("target_temperature", target_temperature)
+        super().__init__(temperature, target_temperature, reader, reader_weight)
         self.lm_score = lm_score
-        self.reader = reader
-        self.reader_weight = check_nonnegative("reader_weight", reader_weight)
 
     def _config(self) -> dict:
-        return {
-            "temperature": self.temperature,
-            "target_temperature": self.target_temperature,
-            "lm_score": self.lm_score,
-            "reader": self.reader,
-            "reader_weight": self.reader_weight,
-        }
+        return {**super()._config(), "lm_score": self.lm_score}
 
-    def forward(
-        self,
-        scores: torch.Tensor,
-        loglik: torch.Tensor,
-        *,
-        mask: torch.Tensor | None = None,
-        num_tokens: torch.Tensor | None = None,
-        reader_nll: torch.Tensor | float | None = None,
-    ) -> torch.Tensor:
-        scores, loglik, mask = self._prepare(scores, loglik, mask)
-        B, K = scores.shape
+    def target_scores(self, scores, loglik, mask, num_tokens, **inputs) -> torch.Tensor:
+        B, K = mask.shape
         lm = per_token(loglik.detach(), num_tokens, B, K, self.name)  # (B, K), detached
-        if self.lm_score == "prob":
-            lm = lm.exp()
-        log_q_lm = masked_log_softmax(lm / self.target_temperature, mask)  # (B, K)
-        log_p_r = masked_log_softmax(scores / self.temperature, mask)  # (B, K)
-        kl = masked_kl(log_p_r, log_q_lm, mask).mean()  # KL(P_R || Q_LM)
-        nll = optional_reader_term(self, scores, loglik, mask, reader_nll)
-        loss = kl + self.reader_weight * nll
-        with torch.no_grad():
-            self.last_stats = {
-                "loss": loss.detach(),
-                "kl": kl.detach(),
-                "reader_nll": nll.detach(),
-                "target_entropy": entropy(log_q_lm, mask),
-                "retriever_entropy": entropy(log_p_r, mask),
-            }
-        return loss
+        return lm.exp() if self.lm_score == "prob" else lm

@@ -3,20 +3,11 @@ from __future__ import annotations
 
 import torch
 
-from .base import (
-    READER_MODES,
-    JointLoss,
-    check_nonnegative,
-    check_positive,
-    entropy,
-    masked_kl,
-    masked_log_softmax,
-    optional_reader_term,
-    per_token,
-)
+from .base import per_token
+from .distillation import DistillationLoss
 
 
-class PerplexityDistillationLoss(JointLoss):
+class PerplexityDistillationLoss(DistillationLoss):
     r"""Perplexity distillation: train the retriever toward the reader's posterior over the documents.
 
     .. math::
@@ -68,55 +59,7 @@ class PerplexityDistillationLoss(JointLoss):
     """
 
     name = "pdist"
-    optional_inputs = ("num_tokens", "reader_nll")
 
-    def __init__(
-        self,
-        temperature: float = 1.0,
-        target_temperature: float = 1.0,
-        reader: str = "none",
-        reader_weight: float = 1.0,
-    ) -> None:
-        super().__init__()
-        if reader not in READER_MODES:
-            raise ValueError(f"reader must be one of {READER_MODES}, got {reader!r}")
-        self.temperature = check_positive("temperature", temperature)
-        self.target_temperature = check_positive("target_temperature", target_temperature)
-        self.reader = reader
-        self.reader_weight = check_nonnegative("reader_weight", reader_weight)
-
-    def _config(self) -> dict:
-        return {
-            "temperature": self.temperature,
-            "target_temperature": self.target_temperature,
-            "reader": self.reader,
-            "reader_weight": self.reader_weight,
-        }
-
-    def forward(
-        self,
-        scores: torch.Tensor,
-        loglik: torch.Tensor,
-        *,
-        mask: torch.Tensor | None = None,
-        num_tokens: torch.Tensor | None = None,
-        reader_nll: torch.Tensor | float | None = None,
-    ) -> torch.Tensor:
-        scores, loglik, mask = self._prepare(scores, loglik, mask)
-        B, K = scores.shape
-        gold = per_token(loglik.detach(), num_tokens, B, K, self.name)  # (B, K), detached
-        log_target = masked_log_softmax(gold / self.target_temperature, mask)  # (B, K)
-        log_retr = masked_log_softmax(scores / self.temperature, mask)  # (B, K)
-        kl = masked_kl(log_target, log_retr, mask).mean()
-        nll = optional_reader_term(self, scores, loglik, mask, reader_nll)
-        loss = kl + self.reader_weight * nll
-        with torch.no_grad():
-            self.last_stats = {
-                "loss": loss.detach(),
-                "kl": kl.detach(),
-                "reader_nll": nll.detach(),
-                "target_entropy": entropy(log_target, mask),
-                "retriever_entropy": entropy(log_retr, mask),
-            }
-        return loss
-
+    def target_scores(self, scores, loglik, mask, num_tokens, **inputs) -> torch.Tensor:
+        B, K = mask.shape
+        return per_token(loglik.detach(), num_tokens, B, K, self.name)  # (B, K) gold scores

@@ -43,7 +43,6 @@ class RAGSequenceLoss(JointLoss):
     """
 
     name = "rag_sequence"
-    optional_inputs = ()
 
     def __init__(self, temperature: float = 1.0) -> None:
         super().__init__()

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import torch
 
-from .base import JointLoss, check_positive, masked_log_softmax
+from .base import JointLoss, ReaderNeeds, check_positive, masked_log_softmax
 
 
 class RAGTokenLoss(JointLoss):
@@ -53,9 +53,7 @@ class RAGTokenLoss(JointLoss):
     """
 
     name = "rag_token"
-    required_inputs = ("token_logp", "token_mask")
-    optional_inputs = ()
-    needs_loglik = False
+    needs = ReaderNeeds(loglik=False, token_logp=True)
 
     def __init__(self, temperature: float = 1.0, check_loglik: bool = False) -> None:
         super().__init__()

@@ -2,7 +2,7 @@
 :mod:`jmlr.train.stages` (pretrain, sft, qgen, dpo, progressive cases)."""
 from __future__ import annotations
 
-from jmlr._lazy import lazy_getattr
+from jmlr.core.lazy import lazy_getattr
 
 _LAZY = {"JointTrainer": "jmlr.train.trainer", "JointModel": "jmlr.train.trainer",
          "RetrievalState": "jmlr.train.retrieval"}

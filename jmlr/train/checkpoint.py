@@ -19,6 +19,9 @@ from typing import Any
 import numpy as np
 import torch
 
+from jmlr.core.fs import atomic_dir as _atomic_dir
+from jmlr.core.fs import write_error
+
 STATE_FILE = "trainer_state.pt"
 MANIFEST = "checkpoint.json"
 
@@ -48,10 +51,8 @@ def set_rng_state(state: dict[str, Any]) -> None:
 def atomic_dir(final: str | os.PathLike):
     """Context manager yielding a temporary folder that replaces ``final`` on success (fsynced, one rename).
 
-    The one implementation is :func:`jmlr.fs.atomic_dir`.
+    The one implementation is :func:`jmlr.core.fs.atomic_dir`.
     """
-    from jmlr.fs import atomic_dir as _atomic_dir
-
     return _atomic_dir(final)
 
 
@@ -62,8 +63,6 @@ class CorruptCheckpointError(ValueError):
 def save_state(folder: Path, state: dict[str, Any]) -> None:
     """``torch.save`` through a Python file, so a write error surfaces as an ``OSError`` (ENOSPC...) naming
     the file instead of a C++ stream message."""
-    from jmlr.fs import write_error
-
     path = Path(folder) / STATE_FILE
     try:
         with open(path, "wb") as f:
@@ -179,3 +178,24 @@ def latest_checkpoint(output_dir: str | os.PathLike, verify: bool = True, digest
     if skipped and digests:
         logger.warning("resume=latest: no checkpoint passes its checksum: %s", "; ".join(skipped))
     return None
+
+
+def latest_or_raise(output_dir: str | os.PathLike, digests: bool = True) -> Path:
+    """``resume=latest``: the newest good checkpoint of a run (see :func:`latest_checkpoint`), or
+    ``FileNotFoundError`` when there is none."""
+    found = latest_checkpoint(output_dir, digests=digests)
+    if found is None:
+        raise FileNotFoundError(f"resume=latest but {Path(output_dir) / 'checkpoints'} holds no usable checkpoint; "
+                                "start a fresh run without resume")
+    return found
+
+
+def verified(folder: str | os.PathLike) -> Path:
+    """``folder`` when it passes :func:`verify_checkpoint` (digests of every file), else
+    :class:`CorruptCheckpointError` naming the damaged file: the check before any checkpoint is loaded."""
+    folder = Path(folder)
+    problem = verify_checkpoint(folder)
+    if problem:
+        raise CorruptCheckpointError(f"resume={folder}: {problem}; resume from another checkpoint (resume=latest "
+                                     "falls back to the newest good one)")
+    return folder

@@ -32,7 +32,9 @@ from typing import Any
 import torch
 from torch import nn
 
+from jmlr.core.fs import write_error
 from jmlr.train import checkpoint as ckpt
+from jmlr.train.run_folder import trim_metrics
 
 logger = logging.getLogger(__name__)
 
@@ -162,8 +164,6 @@ def save_checkpoint(acc, folder: str | os.PathLike, step: int, model: nn.Module,
     RNG, ``step`` and ``state`` (weights_only-loadable values), with a manifest. Every rank waits for it."""
     from safetensors.torch import save_file
 
-    from jmlr.fs import write_error
-
     folder = Path(folder)
     acc.wait_for_everyone()
     if acc.is_main_process:
@@ -192,11 +192,7 @@ def find_resume(output_dir: str | os.PathLike, resume: str) -> Path | None:
     if not resume:
         return None
     if str(resume) == "latest":
-        found = ckpt.latest_checkpoint(output_dir)
-        if found is None:
-            raise FileNotFoundError(f"resume=latest but {Path(output_dir) / 'checkpoints'} holds no usable "
-                                    "checkpoint; start a fresh run without resume")
-        return found
+        return ckpt.latest_or_raise(output_dir)
     found = Path(resume)
     problem = ckpt.verify_checkpoint(found)
     if problem:
@@ -209,11 +205,7 @@ def load_checkpoint(folder: str | os.PathLike, model: nn.Module, optim=None, sch
     the RNG, and return the saved state (``step`` and the caller's entries)."""
     from safetensors.torch import load_file
 
-    folder = Path(folder)
-    problem = ckpt.verify_checkpoint(folder)
-    if problem:
-        raise ckpt.CorruptCheckpointError(f"resume={folder}: {problem}; resume from another checkpoint "
-                                          "(resume=latest falls back to the newest good one)")
+    folder = ckpt.verified(folder)
     state = ckpt.load_state(folder)
     saved = load_file(str(folder / WEIGHTS_FILE))
     live = _trainable(model)
@@ -245,28 +237,10 @@ class MetricsLog:
         self._f = None
         if not main:
             return
-        if resume_step is not None and self.path.is_file():
-            self._trim(resume_step)
+        if resume_step is not None:
+            trim_metrics(self.path, resume_step)
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self._f = open(self.path, "a", encoding="utf-8")
-
-    def _trim(self, step: int) -> None:
-        from jmlr.fs import write_text_atomic
-
-        kept, dropped = [], 0
-        for line in self.path.read_text(encoding="utf-8").splitlines():
-            try:
-                row_step = int(json.loads(line).get("step", 0))
-            except (ValueError, AttributeError, TypeError):
-                row_step = step + 1  # a partial line
-            if row_step > step:
-                dropped += 1
-            else:
-                kept.append(line + "\n")
-        if dropped:
-            write_text_atomic(self.path, "".join(kept))
-            logger.info("%s: dropped %d row(s) after step %d, logged by the run being resumed", self.path, dropped,
-                        step)
 
     def write(self, row: dict) -> None:
         if self._f is not None:

@@ -16,7 +16,13 @@ from pathlib import Path
 
 import torch
 
+from jmlr.core.precision import resolve_precision
+from jmlr.index import AsyncRefresher, IndexMismatchError, load_index, read_meta
+from jmlr.index.base import texts_fingerprint
+from jmlr.index.embedding_cache import EmbeddingCache
 from jmlr.index.refresh_policy import policy_from_config
+from jmlr.index.settings import index_kwargs
+from jmlr.index.sharded import ShardedIndex, shard_range
 
 logger = logging.getLogger(__name__)
 
@@ -37,8 +43,6 @@ def _embedding_cache(ic):
     """The initial-embeddings cache of ``index.embedding_cache`` (None when off)."""
     if not ic.embedding_cache:
         return None
-    from jmlr.index.embedding_cache import EmbeddingCache
-
     return EmbeddingCache()
 
 
@@ -47,8 +51,6 @@ class RetrievalState:
 
     def __init__(self, retriever, doc_texts: list[str], cfg, rank: int = 0, world: int = 1, progress: bool = False,
                  precision=None, device=None):
-        from jmlr.core.precision import resolve_precision
-
         self.retriever = retriever
         self.device = torch.device(device) if device is not None else torch.device("cpu")
         # corpus encoding runs under the run's precision (a resolved Precision, or cfg.optim.precision here)
@@ -58,8 +60,6 @@ class RetrievalState:
         self.rank, self.world = rank, world
         n = len(doc_texts)
         if world > 1:
-            from jmlr.index.sharded import shard_range
-
             self.start, self.end = shard_range(n, rank, world)
         else:
             self.start, self.end = 0, n
@@ -70,9 +70,6 @@ class RetrievalState:
     # ------------------------------------------------------------------ lifecycle
     def build(self, index=None) -> None:
         """Encode this rank's rows with the current doc tower and index them (version 0), or adopt ``index``."""
-        from jmlr.index import AsyncRefresher
-        from jmlr.index.settings import index_kwargs
-
         ic = self.cfg.index
         kwargs = index_kwargs(ic.type, ic.params, ic.storage)  # index.type (a factory string too), index.params
         kwargs.update(self._index_device_kwargs(ic.type))
@@ -89,9 +86,6 @@ class RetrievalState:
 
     def load(self, folder: str | Path, version: int | None = None) -> None:
         """Adopt the index saved by :meth:`save` (the exact index a checkpoint was trained against)."""
-        from jmlr.index import IndexMismatchError, load_index, read_meta
-        from jmlr.index.base import texts_fingerprint
-
         folder = Path(folder)
         shard = folder / f"rank-{self.rank}" if self.world > 1 else folder
         # The saved index must describe THIS corpus: same rows, same texts, same order (the fingerprint the
@@ -165,8 +159,6 @@ class RetrievalState:
         index = self.refresher.index
         q = q.detach().float()  # stays on its device: the index moves it to its own
         if self.world > 1:
-            from jmlr.index.sharded import ShardedIndex
-
             scores, ids = ShardedIndex(index).search_tensors(q, k)
         else:
             scores, pos = index.search_positions(q, k)  # (B, k), (B, k)

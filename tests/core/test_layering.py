@@ -30,10 +30,6 @@ ALLOWED = {
     ("private", "jmlr.train.stages.dpo", "jmlr.data._io"): "DataFormatError: use jmlr.data.DataFormatError",
     ("private", "jmlr.train.stages.progressive", "jmlr.data._io"): "use jmlr.data.DataFormatError / iter_records",
     ("private", "jmlr.train.stages.sft", "jmlr.data._io"): "DataFormatError: use jmlr.data.DataFormatError",
-    ("private", "jmlr.train", "jmlr._lazy"): "use jmlr.core.lazy (jmlr/_lazy.py is a re-export until then)",
-    ("lazy", "jmlr.train.trainer", "*"): "function-level imports of jmlr in the trainer (issue 16 splits it)",
-    ("lazy", "jmlr.train.retrieval", "*"): "function-level imports of jmlr.index and core.precision",
-    ("lazy", "jmlr.train.checkpoint", "*"): "function-level imports of jmlr.fs",
     ("lazy", "jmlr.train.stages.dpo", "*"): "function-level imports of jmlr.data and core.precision",
     ("lazy", "jmlr.train.stages.pretrain", "*"): "function-level imports of jmlr.data.hf and .common",
     ("lazy", "jmlr.train.stages.progressive", "*"): "function-level import of jmlr.data._io",
@@ -41,7 +37,6 @@ ALLOWED = {
     ("lazy", "jmlr.train.stages.sft", "*"): "function-level imports of jmlr.data and .progressive",
     # the stage engine (merged from issue 15's stage branch after this test was written): its lazy imports of
     # the trainer's checkpoint helpers, the reader loader and the data loaders are still to be hoisted
-    ("lazy", "jmlr.train.loop", "*"): "function-level imports of jmlr.fs in the checkpoint paths",
     ("lazy", "jmlr.train.stages.config", "*"): "function-level imports of jmlr.config and train.loop",
     ("lazy", "jmlr.train.stages.data_io", "*"): "function-level imports of jmlr.data, reader, fs",
     ("lazy", "jmlr.train.stages.engine", "*"): "function-level imports of checkpoint, loop, precision, models",

@@ -6,7 +6,7 @@ import itertools
 import pytest
 import torch
 
-from jmlr.losses import LOSSES, JointLoss, get_loss
+from jmlr.losses import LOSSES, JointLoss, ReaderNeeds, get_loss
 
 ALL = sorted(LOSSES)
 
@@ -95,8 +95,9 @@ def test_returns_scalar_and_stats(name):
         assert isinstance(v, torch.Tensor) and not v.requires_grad and v.dim() == 0
     out.backward()
     assert s.grad is not None and torch.isfinite(s.grad).all()
-    for extra in loss_fn.required_inputs:
-        assert extra in _extras(name, s, tok)
+    for extra in loss_fn.needs.inputs():
+        if extra != "reader_nll":  # jmlr_rank: optional here, its fallback is -loglik of the top candidate
+            assert extra in _extras(name, s, tok)
 
 
 @pytest.mark.parametrize("name", ALL)
@@ -106,7 +107,7 @@ def test_input_validation(name):
     loss_fn = get_loss(name)
     with pytest.raises(ValueError, match=r"\(B, K\)"):
         loss_fn(s[0], ll, **ex)
-    if loss_fn.needs_loglik:
+    if loss_fn.needs.loglik:
         with pytest.raises(ValueError, match="loglik has shape"):
             loss_fn(s, ll[:, :3], **ex)
     with pytest.raises(ValueError, match="no valid candidate in batch row"):
@@ -285,11 +286,15 @@ def test_docstring_examples_run(module):
         assert result.attempted > 0, f"{module} has no runnable example"
 
 
-def test_needs_loglik_tells_the_trainer_when_loglik_may_be_none():
-    assert get_loss("loop").needs_loglik is False
-    assert get_loss("loop", reader="mean").needs_loglik is True
-    assert get_loss("rag_token").needs_loglik is False
-    assert all(get_loss(n).needs_loglik for n in ("rag_sequence", "jmlr_rank", "pdist", "emdr2", "lsr"))
+def test_needs_tell_the_trainer_what_to_compute():
+    assert get_loss("loop").needs == ReaderNeeds(loglik=False, loo_loglik=True)
+    assert get_loss("loop", reader="mean").needs == ReaderNeeds(loglik=True, loo_loglik=True)
+    assert get_loss("rag_token").needs == ReaderNeeds(loglik=False, token_logp=True)
+    assert get_loss("rag_token").needs.inputs() == ("token_logp", "token_mask")
+    assert get_loss("jmlr_rank").needs == ReaderNeeds(reader_nll=True, generator=True)
+    assert get_loss("jmlr_rank", nll_weight=0.0).needs == ReaderNeeds(generator=True)  # no NLL term: not computed
+    for n in ("rag_sequence", "pdist", "emdr2", "lsr"):
+        assert get_loss(n).needs == ReaderNeeds() and ReaderNeeds().inputs() == ()
     s, _, _ = _inputs()
     with pytest.raises(ValueError, match="loglik"):
         get_loss("loop", reader="mean")(s, None, loo_loglik=-torch.rand(2, 4))

@@ -16,7 +16,6 @@ BAD = [
     ("optim.batch_size=0", "optim.batch_size must be >= 1"),
     ("index.top_k=-1", "index.top_k must be >= 1"),
     ("retriever.temperature=0", "retriever.temperature must be > 0"),
-    ("loss.reader_temperature=-1", "loss.reader_temperature must be > 0"),
     ("optim.max_grad_norm=-1", "optim.max_grad_norm must be >= 0"),
     ("optim.nonfinite=maybe", "optim.nonfinite must be one of skip, raise, ignore"),
     ("optim.schedule=cosin", "optim.schedule must be one of linear, cosine, constant"),

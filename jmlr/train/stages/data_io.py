@@ -25,8 +25,8 @@ def seed_everything(seed: int) -> None:
 
 
 def write_json_atomic(path: str | os.PathLike, obj: Any) -> Path:
-    """Write ``obj`` as indented JSON through a temporary file, fsync and ``os.replace`` (:mod:`jmlr.fs`)."""
-    from jmlr.fs import write_json_atomic as _write
+    """Write ``obj`` as indented JSON through a temporary file, fsync and ``os.replace`` (:mod:`jmlr.core.fs`)."""
+    from jmlr.core.fs import write_json_atomic as _write
 
     return _write(path, obj, default=float, ensure_ascii=False, sort_keys=False)
 

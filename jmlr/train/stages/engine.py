@@ -17,12 +17,13 @@ from __future__ import annotations
 import functools
 import json
 import logging
-import shutil
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+
+from jmlr.train.run_folder import remove_outputs
 
 from .config import StageModelConfig, StageOptimConfig, check_optim
 
@@ -106,12 +107,7 @@ def _claim(cfg, out: Path) -> None:
             raise FileExistsError(f"output_dir {out} holds checkpoints of an earlier run; pass resume=latest to "
                                   "continue it, overwrite=true to replace it, or choose another output_dir")
         return  # a fresh run appends to the folder's metrics log
-    removed = [n for n in RUN_OUTPUTS if (out / n).exists()]
-    for name in removed:
-        p = out / name
-        shutil.rmtree(p) if p.is_dir() and not p.is_symlink() else p.unlink()
-    if removed:
-        logger.warning("overwrite=true: removed the earlier run's %s from %s", ", ".join(removed), out)
+    remove_outputs(out, RUN_OUTPUTS, log=logger)
 
 
 def holds_run_folder(run: Callable) -> Callable:
@@ -122,7 +118,7 @@ def holds_run_folder(run: Callable) -> Callable:
 
     @functools.wraps(run)
     def wrapper(cfg, *args, **kwargs):
-        from jmlr.fs import check_writable_dir, clean_stale_tmp, run_folder_lock
+        from jmlr.core.fs import check_writable_dir, clean_stale_tmp, run_folder_lock
         from jmlr.train.loop import is_main_rank
 
         if isinstance(getattr(cfg, "optim", None), StageOptimConfig):
