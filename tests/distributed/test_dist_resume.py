@@ -31,7 +31,7 @@ def _run(args, env):
 
 @pytest.mark.distributed
 @pytest.mark.parametrize("strategy", ["ddp", "fsdp", "fsdp-lora"])
-def test_two_rank_resume_reproduces_the_uninterrupted_run(tmp_path, tiny_encoder_dir, tiny_reader_dir, strategy):
+def test_two_rank_resume_reproduces_the_uninterrupted_run(tmp_path, tiny_bert_dir, tiny_reader_dir, strategy):
     """DDP, and FSDP with a full or a LoRA reader (the reader's full state and the full optimizer state gathered
     into the checkpoint, loaded back into the shards)."""
     if _torchrun() is None:
@@ -39,7 +39,7 @@ def test_two_rank_resume_reproduces_the_uninterrupted_run(tmp_path, tiny_encoder
     env = {**os.environ, "OMP_NUM_THREADS": "1", "JMLR_TEST_STRATEGY": strategy.split("-")[0]}
     if strategy.endswith("lora"):
         env["JMLR_TEST_LORA"] = "1"
-    full = _run([tiny_encoder_dir, tiny_reader_dir, str(tmp_path / "a"), str(tmp_path / "out-a")], env)
+    full = _run([tiny_bert_dir, tiny_reader_dir, str(tmp_path / "a"), str(tmp_path / "out-a")], env)
     mid = tmp_path / "a" / "checkpoints" / "step-3"
     assert ckpt.verify_checkpoint(mid) is None
     # every rank saved what only it holds: its own contiguous half of the 24-passage corpus
@@ -48,7 +48,7 @@ def test_two_rank_resume_reproduces_the_uninterrupted_run(tmp_path, tiny_encoder
     manifest = json.loads((mid / ckpt.MANIFEST).read_text())["files"]
     assert any(f.startswith("index/rank-1/") for f in manifest)
 
-    resumed = _run([tiny_encoder_dir, tiny_reader_dir, str(tmp_path / "b"), str(tmp_path / "out-b"), str(mid)], env)
+    resumed = _run([tiny_bert_dir, tiny_reader_dir, str(tmp_path / "b"), str(tmp_path / "out-b"), str(mid)], env)
     for a, b in zip(full, resumed):
         assert a["world"] == b["world"] == 2 and a["rank"] == b["rank"]
         assert a["steps"] == b["steps"] == [1, 2, 3, 4, 5, 6]
