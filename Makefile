@@ -32,8 +32,9 @@ install-dev: $(VENV)/.stamp-dev
 demo: $(VENV)/.stamp-base
 	$(BIN)/jmlr demo $(ARGS)
 
+# --durations=20: the CI log lists the 20 slowest tests
 test: $(VENV)/.stamp-dev
-	$(BIN)/python -m pytest -q $(PYTEST_ARGS)
+	$(BIN)/python -m pytest -q --durations=20 $(PYTEST_ARGS)
 
 # On a GPU machine set up with the README's GPU lines: gpu-marked tests, top-k on CUDA, a 20-step bf16 joint run
 # on the GPU, faiss-gpu; one JSON report (ARGS="--out DIR", "--dry-run" to list the steps).

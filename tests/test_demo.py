@@ -7,8 +7,8 @@ import pytest
 from jmlr.demo import run_demo
 
 
-def tiny(tiny_encoder_dir, tiny_reader_dir):
-    return [f"retriever.model={tiny_encoder_dir}", f"reader.model={tiny_reader_dir}", "optim.steps=3",
+def tiny(tiny_bert_dir, tiny_reader_dir):
+    return [f"retriever.model={tiny_bert_dir}", f"reader.model={tiny_reader_dir}", "optim.steps=3",
             "data.max_eval=4", "data.max_train=16", "reader.max_length=256"]
 
 
@@ -21,9 +21,9 @@ def cache(tmp_path, monkeypatch):
     return tmp_path / "cache"
 
 
-def test_no_budget_runs_every_preset_step_and_a_second_run_reads_the_cache(tmp_path, tiny_encoder_dir,
+def test_no_budget_runs_every_preset_step_and_a_second_run_reads_the_cache(tmp_path, tiny_bert_dir,
                                                                            tiny_reader_dir, cache):
-    over = tiny(tiny_encoder_dir, tiny_reader_dir)
+    over = tiny(tiny_bert_dir, tiny_reader_dir)
     s = run_demo(quick=True, out=str(tmp_path / "a"), overrides=over, budget_s=0)
     assert s["budget"]["steps_done"] == 3 and not s["budget"]["stopped_by_budget"]
     assert s["budget"]["train_budget_s"] is None and s["config"]["optim"]["max_time_s"] == 0
@@ -36,10 +36,10 @@ def test_no_budget_runs_every_preset_step_and_a_second_run_reads_the_cache(tmp_p
     assert second["frozen_rag"] == s["frozen_rag"], "the cached vectors are the ones the first run encoded"
 
 
-def test_a_spent_budget_still_trains_one_step_and_says_it_stopped(tmp_path, tiny_encoder_dir, tiny_reader_dir,
+def test_a_spent_budget_still_trains_one_step_and_says_it_stopped(tmp_path, tiny_bert_dir, tiny_reader_dir,
                                                                   cache):
     # 1 ms is gone before training starts: the first step runs (nothing measured yet), the second does not
-    s = run_demo(quick=True, out=str(tmp_path / "run"), overrides=tiny(tiny_encoder_dir, tiny_reader_dir),
+    s = run_demo(quick=True, out=str(tmp_path / "run"), overrides=tiny(tiny_bert_dir, tiny_reader_dir),
                  budget_s=0.001)
     b = s["budget"]
     assert b["steps_done"] == 1 and b["stopped_by_budget"] and b["steps_planned"] == 3

@@ -20,9 +20,9 @@ def _last_json(stdout: str) -> dict:
 
 
 @pytest.mark.parametrize("script", SCRIPTS)
-def test_example_runs_quick(script, tmp_path, tiny_encoder_dir, tiny_reader_dir):
+def test_example_runs_quick(script, tmp_path, tiny_bert_dir, tiny_reader_dir):
     r = subprocess.run([sys.executable, str(ROOT / "examples" / script), "--quick", "--out", str(tmp_path / "run"),
-                        "--retriever", tiny_encoder_dir, "--reader", tiny_reader_dir],
+                        "--retriever", tiny_bert_dir, "--reader", tiny_reader_dir],
                        capture_output=True, text=True, timeout=900, cwd=ROOT)
     assert r.returncode == 0, r.stderr[-3000:]
     out = _last_json(r.stdout)
@@ -55,13 +55,13 @@ def test_document_packing_example_runs_quick(tmp_path, tiny_reader_dir):
 
 
 @pytest.mark.distributed
-def test_distributed_example_runs_on_two_ranks(tmp_path, tiny_encoder_dir, tiny_reader_dir):
+def test_distributed_example_runs_on_two_ranks(tmp_path, tiny_bert_dir, tiny_reader_dir):
     torchrun = shutil.which("torchrun", path=str(Path(sys.executable).parent)) or shutil.which("torchrun")
     if torchrun is None:
         pytest.skip("torchrun is not installed next to this Python")
     r = subprocess.run([torchrun, "--nproc_per_node", "2", "--master_port", str(free_port()),
                         str(ROOT / "examples" / "by_feature" / "distributed.py"), "--quick", "--out",
-                        str(tmp_path / "run"), "--retriever", tiny_encoder_dir, "--reader", tiny_reader_dir],
+                        str(tmp_path / "run"), "--retriever", tiny_bert_dir, "--reader", tiny_reader_dir],
                        capture_output=True, text=True, timeout=900, cwd=ROOT,
                        env={**os.environ, "OMP_NUM_THREADS": "1"})
     assert r.returncode == 0, r.stderr[-3000:]

@@ -21,10 +21,10 @@ from benchmarks import joint_study as js  # noqa: E402
 ENV = {**os.environ, "JMLR_KERNELS_NO_BUILD": "1", "OMP_NUM_THREADS": "1"}
 
 
-def test_quick_study_writes_arms_and_paired_comparisons(tmp_path, tiny_encoder_dir, tiny_reader_dir):
+def test_quick_study_writes_arms_and_paired_comparisons(tmp_path, tiny_bert_dir, tiny_reader_dir):
     r = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "joint_study.py"), "--quick", "--quiet",
                         "--out", str(tmp_path), "--datasets", "demo", "--reader", tiny_reader_dir,
-                        "--retriever", tiny_encoder_dir], capture_output=True, text=True, timeout=900, env=ENV)
+                        "--retriever", tiny_bert_dir], capture_output=True, text=True, timeout=900, env=ENV)
     assert r.returncode == 0, r.stderr[-3000:]
     assert "(18/18) i_joint_query_side" in r.stdout  # one progress line per arm and seed
     payload = json.loads((tmp_path / "joint_study_demo.json").read_text())
@@ -84,9 +84,9 @@ def test_compare_pairs_questions_and_seeds():
         js.compare(a, _arm("b", [0], [[0, 1, 0, 0]], ["q2", "q1", "q3", "q4"]), args)
 
 
-def test_sweep_chooses_on_dev_only(tmp_path, tiny_encoder_dir, tiny_reader_dir):
+def test_sweep_chooses_on_dev_only(tmp_path, tiny_bert_dir, tiny_reader_dir):
     argv = ["--quick", "--quiet", "--sweep", "--out", str(tmp_path), "--datasets", "demo", "--reader",
-            tiny_reader_dir, "--retriever", tiny_encoder_dir]
+            tiny_reader_dir, "--retriever", tiny_bert_dir]
     r = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "joint_study.py"), *argv], capture_output=True,
                        text=True, timeout=600, env=ENV)
     assert r.returncode == 0, r.stderr[-3000:]
@@ -134,7 +134,7 @@ def test_other_explanations_on_medmcqa():
     assert info["corpus"] == len(corpus) > 1000 and info["test_with_related"] > 0
 
 
-def test_fixed_candidates_come_from_the_initial_retriever(tmp_path, tiny_encoder_dir, tiny_reader_dir):
+def test_fixed_candidates_come_from_the_initial_retriever(tmp_path, tiny_bert_dir, tiny_reader_dir):
     from jmlr.config import load_config
     from jmlr.data import Corpus, Passage, QAExample
     from jmlr.reader import Reader
@@ -150,7 +150,7 @@ def test_fixed_candidates_come_from_the_initial_retriever(tmp_path, tiny_encoder
                              "index.fixed_candidates=true", "refresh.every=0", "retriever.lr=1e-2",
                              "optim.warmup_steps=0", "optim.precision=fp32", "eval_every=0", "loss.name=jmlr_rank",
                              "index.sample_m=2", 'loss.options={"num_samples": 2}'])
-    retriever = DualEncoder.from_pretrained(tiny_encoder_dir)
+    retriever = DualEncoder.from_pretrained(tiny_bert_dir)
     initial = copy.deepcopy(retriever)
     t = JointTrainer(cfg, retriever, Reader.from_pretrained(tiny_reader_dir, max_length=128), corpus, qa, None,
                      progress=False)
@@ -168,11 +168,11 @@ def test_fixed_candidates_come_from_the_initial_retriever(tmp_path, tiny_encoder
     assert any(moved)  # the retriever still trains on its fixed pool
 
 
-def test_append_adds_only_the_missing_runs(tmp_path, tiny_encoder_dir, tiny_reader_dir):
+def test_append_adds_only_the_missing_runs(tmp_path, tiny_bert_dir, tiny_reader_dir):
     def run(*extra):
         return subprocess.run([sys.executable, str(ROOT / "benchmarks" / "joint_study.py"), "--quick", "--quiet",
                                "--out", str(tmp_path), "--datasets", "demo", "--reader", tiny_reader_dir,
-                               "--retriever", tiny_encoder_dir, *extra], capture_output=True, text=True, timeout=600,
+                               "--retriever", tiny_bert_dir, *extra], capture_output=True, text=True, timeout=600,
                               env=ENV)
 
     r = run("--arms", "c_frozen_rag", "--seeds", "0")

@@ -7,10 +7,10 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[2]
 
 
-def test_quick_run_writes_all_arms(tmp_path, tiny_encoder_dir, tiny_reader_dir):
+def test_quick_run_writes_all_arms(tmp_path, tiny_bert_dir, tiny_reader_dir):
     r = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "joint_vs_separate.py"), "--quick", "--quiet",
                         "--out", str(tmp_path), "--datasets", "demo", "--reader", tiny_reader_dir,
-                        "--retriever", tiny_encoder_dir], capture_output=True, text=True, timeout=900)
+                        "--retriever", tiny_bert_dir], capture_output=True, text=True, timeout=900)
     assert r.returncode == 0, r.stderr[-3000:]
     payload = json.loads((tmp_path / "joint_vs_separate.json").read_text())
     rows = payload["rows"]

@@ -7,10 +7,10 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[2]
 
 
-def test_quick_run_writes_rows_and_speedup(tmp_path, tiny_encoder_dir, tiny_reader_dir):
+def test_quick_run_writes_rows_and_speedup(tmp_path, tiny_bert_dir, tiny_reader_dir):
     r = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "reader_throughput.py"), "--quick",
                         "--questions", "3", "--repeats", "1", "--batch", "2", "--roof-n", "128", "--out", str(tmp_path),
-                        "--reader", tiny_reader_dir, "--retriever", tiny_encoder_dir], capture_output=True, text=True,
+                        "--reader", tiny_reader_dir, "--retriever", tiny_bert_dir], capture_output=True, text=True,
                        timeout=600)
     assert r.returncode == 0, r.stderr[-3000:]
     res = json.loads((tmp_path / "reader_throughput.json").read_text())

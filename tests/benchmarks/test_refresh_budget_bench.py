@@ -8,10 +8,10 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[2]
 
 
-def test_quick_run_compares_policies_at_equal_encode_budget(tmp_path, tiny_encoder_dir):
+def test_quick_run_compares_policies_at_equal_encode_budget(tmp_path, tiny_bert_dir):
     out = tmp_path / "out"
     r = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "refresh_budget.py"), "--quick", "--encoder",
-                        tiny_encoder_dir, "--passages", "1200", "--every", "4", "--budget", "0.25", "--batch", "4",
+                        tiny_bert_dir, "--passages", "1200", "--every", "4", "--budget", "0.25", "--batch", "4",
                         "--eval-queries", "30", "--lr", "1e-3", "--out", str(out)],
                        capture_output=True, text=True, timeout=900)
     assert r.returncode == 0, r.stderr[-3000:]
@@ -29,12 +29,12 @@ def test_quick_run_compares_policies_at_equal_encode_budget(tmp_path, tiny_encod
     assert len(res["curve"]) == 1 + 2 * 4 and (out / "refresh_budget.png").stat().st_size > 1000
 
 
-def test_joint_arms_run_at_equal_encode_budget(tmp_path, tiny_encoder_dir, tiny_reader_dir):
+def test_joint_arms_run_at_equal_encode_budget(tmp_path, tiny_bert_dir, tiny_reader_dir):
     """The full mode's two joint runs, on tiny models and 4 steps: both finish and report their encodes."""
     sys.path.insert(0, str(ROOT))
     from benchmarks.refresh_budget import joint_runs, parse_args
 
-    args = parse_args(["--out", str(tmp_path), "--quick", "--encoder", tiny_encoder_dir, "--reader", tiny_reader_dir,
+    args = parse_args(["--out", str(tmp_path), "--quick", "--encoder", tiny_bert_dir, "--reader", tiny_reader_dir,
                        "--every", "1", "--budget", "0.25", "--joint-steps", "4", "--joint-eval", "6"])
     res = joint_runs(args, tmp_path, overrides=["optim.batch_size=2", "index.top_k=2", "optim.precision=fp32",
                                                 "refresh.probe_size=8", "optim.warmup_steps=0"],

@@ -80,11 +80,11 @@ def test_old_bf16_key_names_the_new_one(tmp_path):
 
 
 @pytest.mark.parametrize("flags,expected", [((), "fp32"), (("amx_bf16",), "bf16")])
-def test_a_run_records_its_choice(cpu_with, tmp_path, tiny_encoder_dir, tiny_reader_dir, flags, expected):
+def test_a_run_records_its_choice(cpu_with, tmp_path, tiny_bert_dir, tiny_reader_dir, flags, expected):
     from test_trainer import make_trainer
 
     cpu_with(*flags)
-    t = make_trainer(tmp_path / "run", tiny_encoder_dir, tiny_reader_dir,
+    t = make_trainer(tmp_path / "run", tiny_bert_dir, tiny_reader_dir,
                      ["optim.steps=2", "optim.precision=auto", "refresh.every=0"])
     summary = t.train()
     assert summary["precision"]["precision"] == expected and summary["precision"]["requested"] == "auto"

@@ -16,14 +16,14 @@ SCRIPT = HERE / "dist_ckpt_fail_script.py"
 
 
 @pytest.mark.distributed
-def test_a_rank_that_cannot_write_its_shard_fails_the_checkpoint_everywhere(tmp_path, tiny_encoder_dir,
+def test_a_rank_that_cannot_write_its_shard_fails_the_checkpoint_everywhere(tmp_path, tiny_bert_dir,
                                                                              tiny_reader_dir):
     torchrun = shutil.which("torchrun", path=str(Path(sys.executable).parent)) or shutil.which("torchrun")
     if torchrun is None:
         pytest.skip("torchrun is not installed next to this Python")
     run, out = tmp_path / "run", tmp_path / "out"
     r = subprocess.run([torchrun, "--nproc_per_node", "2", "--master_port", str(free_port()), str(SCRIPT),
-                        tiny_encoder_dir, tiny_reader_dir, str(run), str(out)], env={**os.environ, "OMP_NUM_THREADS": "1"},
+                        tiny_bert_dir, tiny_reader_dir, str(run), str(out)], env={**os.environ, "OMP_NUM_THREADS": "1"},
                        capture_output=True, text=True, timeout=600)
     assert r.returncode == 0, r.stderr[-4000:]
     res = [json.loads((out / f"rank-{i}.json").read_text()) for i in range(2)]

@@ -16,24 +16,29 @@ HERE = Path(__file__).resolve().parent
 SCRIPT = HERE / "dist_fsdp_script.py"
 
 
-@pytest.mark.distributed
-@pytest.mark.parametrize("mode", ["full", "lora"])
-def test_fsdp_step_equals_single_process_and_saves_a_loadable_reader(tmp_path, tiny_encoder_nodrop_dir,
-                                                                     tiny_reader_dir, mode):
+@pytest.fixture(scope="module")
+def fsdp_runs(tmp_path_factory, tiny_encoder_nodrop_dir, tiny_reader_dir):
+    """Both modes single-process (one python run) and on 2 ranks (one torchrun launch): {mode: (single, dist)}."""
     torchrun = shutil.which("torchrun", path=str(Path(sys.executable).parent)) or shutil.which("torchrun")
     if torchrun is None:
         pytest.skip("torchrun is not installed next to this Python")
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     enc = tiny_encoder_nodrop_dir
-    (tmp_path / "s").mkdir()
-    (tmp_path / "d").mkdir()
-    single, dist = tmp_path / "s" / "out.pt", tmp_path / "d" / "out.pt"
-    r = subprocess.run([sys.executable, str(SCRIPT), enc, tiny_reader_dir, str(single), "2", mode],
+    tmp = tmp_path_factory.mktemp("fsdp")
+    r = subprocess.run([sys.executable, str(SCRIPT), enc, tiny_reader_dir, str(tmp / "s"), "2", "full,lora"],
                        env=env, capture_output=True, text=True, timeout=600)
     assert r.returncode == 0, r.stderr[-3000:]
     r = subprocess.run([torchrun, "--nproc_per_node", "2", "--master_port", str(free_port()), str(SCRIPT), enc,
-                        tiny_reader_dir, str(dist), "1", mode], env=env, capture_output=True, text=True, timeout=600)
+                        tiny_reader_dir, str(tmp / "d"), "1", "full,lora"], env=env, capture_output=True,
+                       text=True, timeout=600)
     assert r.returncode == 0, r.stderr[-3000:]
+    return {m: (tmp / "s" / m / "out.pt", tmp / "d" / m / "out.pt") for m in ("full", "lora")}
+
+
+@pytest.mark.distributed
+@pytest.mark.parametrize("mode", ["full", "lora"])
+def test_fsdp_step_equals_single_process_and_saves_a_loadable_reader(fsdp_runs, tiny_reader_dir, mode):
+    single, dist = fsdp_runs[mode]
     a, b = torch.load(single), torch.load(dist)
     assert a["world"] == 1 and not a["sharded"] and b["world"] == 2 and b["sharded"]
     assert b["loss"] == pytest.approx(a["loss"], rel=1e-5)

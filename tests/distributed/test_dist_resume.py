@@ -26,12 +26,12 @@ def _run(args, env):
     r = subprocess.run([_torchrun(), "--nproc_per_node", "2", "--master_port", str(free_port()), str(SCRIPT), *args],
                        env=env, capture_output=True, text=True, timeout=600)
     assert r.returncode == 0, r.stderr[-4000:]
-    return [json.loads((Path(args[3]) / f"rank-{i}.json").read_text()) for i in range(2)]
+    return [json.loads((Path(args[4]) / f"rank-{i}.json").read_text()) for i in range(2)]
 
 
 @pytest.mark.distributed
 @pytest.mark.parametrize("strategy", ["ddp", "fsdp", "fsdp-lora"])
-def test_two_rank_resume_reproduces_the_uninterrupted_run(tmp_path, tiny_encoder_dir, tiny_reader_dir, strategy):
+def test_two_rank_resume_reproduces_the_uninterrupted_run(tmp_path, tiny_bert_dir, tiny_reader_dir, strategy):
     """DDP, and FSDP with a full or a LoRA reader (the reader's full state and the full optimizer state gathered
     into the checkpoint, loaded back into the shards)."""
     if _torchrun() is None:
@@ -39,7 +39,10 @@ def test_two_rank_resume_reproduces_the_uninterrupted_run(tmp_path, tiny_encoder
     env = {**os.environ, "OMP_NUM_THREADS": "1", "JMLR_TEST_STRATEGY": strategy.split("-")[0]}
     if strategy.endswith("lora"):
         env["JMLR_TEST_LORA"] = "1"
-    full = _run([tiny_encoder_dir, tiny_reader_dir, str(tmp_path / "a"), str(tmp_path / "out-a")], env)
+    # one launch: the uninterrupted run into a/, then a fresh trainer resumed from a/checkpoints/step-3 into b/
+    ranks = _run([tiny_bert_dir, tiny_reader_dir, str(tmp_path / "a"), str(tmp_path / "b"), str(tmp_path / "out")],
+                 env)
+    full, resumed = [r["full"] for r in ranks], [r["resumed"] for r in ranks]
     mid = tmp_path / "a" / "checkpoints" / "step-3"
     assert ckpt.verify_checkpoint(mid) is None
     # every rank saved what only it holds: its own contiguous half of the 24-passage corpus
@@ -48,7 +51,7 @@ def test_two_rank_resume_reproduces_the_uninterrupted_run(tmp_path, tiny_encoder
     manifest = json.loads((mid / ckpt.MANIFEST).read_text())["files"]
     assert any(f.startswith("index/rank-1/") for f in manifest)
 
-    resumed = _run([tiny_encoder_dir, tiny_reader_dir, str(tmp_path / "b"), str(tmp_path / "out-b"), str(mid)], env)
+    assert not (tmp_path / "b" / "checkpoints" / "step-3").exists()  # b/ resumed after step 3: it saved none there
     for a, b in zip(full, resumed):
         assert a["world"] == b["world"] == 2 and a["rank"] == b["rank"]
         assert a["steps"] == b["steps"] == [1, 2, 3, 4, 5, 6]

@@ -15,16 +15,16 @@ SCRIPT = HERE / "sharded_eval_script.py"
 
 
 @pytest.mark.distributed
-def test_two_rank_evaluation_equals_single_process(tmp_path, tiny_encoder_dir, tiny_reader_dir):
+def test_two_rank_evaluation_equals_single_process(tmp_path, tiny_bert_dir, tiny_reader_dir):
     torchrun = shutil.which("torchrun", path=str(Path(sys.executable).parent)) or shutil.which("torchrun")
     if torchrun is None:
         pytest.skip("torchrun is not installed next to this Python")
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     single, dist = tmp_path / "single.json", tmp_path / "dist.json"
-    r = subprocess.run([sys.executable, str(SCRIPT), tiny_encoder_dir, tiny_reader_dir, str(single)],
+    r = subprocess.run([sys.executable, str(SCRIPT), tiny_bert_dir, tiny_reader_dir, str(single)],
                        env=env, capture_output=True, text=True, timeout=600)
     assert r.returncode == 0, r.stderr[-3000:]
-    r = subprocess.run([torchrun, "--nproc_per_node", "2", "--master_port", str(free_port()), str(SCRIPT), tiny_encoder_dir,
+    r = subprocess.run([torchrun, "--nproc_per_node", "2", "--master_port", str(free_port()), str(SCRIPT), tiny_bert_dir,
                         tiny_reader_dir, str(dist)], env=env, capture_output=True, text=True, timeout=600)
     assert r.returncode == 0, r.stderr[-3000:]
     a, b = json.loads(single.read_text()), json.loads(dist.read_text())

@@ -5,7 +5,7 @@ from _reliability import BASE, tiny_data
 
 
 @pytest.fixture
-def make_trainer(tiny_encoder_dir, tiny_reader_dir):
+def make_trainer(tiny_bert_dir, tiny_reader_dir):
     """``make_trainer(out, overrides=(), data=None, cls=JointTrainer)``: a JointTrainer on tiny random models."""
     from jmlr.config import load_config
     from jmlr.reader import Reader
@@ -15,7 +15,7 @@ def make_trainer(tiny_encoder_dir, tiny_reader_dir):
     def make(out, overrides=(), data=None, cls=JointTrainer, dev=True):
         cfg = load_config(None, BASE + [f"output_dir={out}", *overrides])
         corpus, qa = data or tiny_data()
-        return cls(cfg, DualEncoder.from_pretrained(tiny_encoder_dir),
+        return cls(cfg, DualEncoder.from_pretrained(tiny_bert_dir),
                    Reader.from_pretrained(tiny_reader_dir, max_length=128), corpus, qa, qa[:2] if dev else [],
                    progress=False)
 

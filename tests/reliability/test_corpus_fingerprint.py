@@ -5,7 +5,7 @@ from _reliability import tiny_data, write_corpus, write_qa
 
 
 @pytest.fixture(scope="module")
-def trained(tmp_path_factory, tiny_encoder_dir, tiny_reader_dir):
+def trained(tmp_path_factory, tiny_bert_dir, tiny_reader_dir):
     """A 2-step run whose config names its corpus file (as `jmlr train` records it)."""
     from jmlr.config import load_config
     from jmlr.reader import Reader
@@ -20,7 +20,7 @@ def trained(tmp_path_factory, tiny_encoder_dir, tiny_reader_dir):
     write_qa(root / "qa.jsonl", qa)
     cfg = load_config(None, BASE + [f"output_dir={root / 'run'}", "optim.steps=2", "checkpoint_every=1",
                                     f"data.corpus={root / 'corpus.jsonl'}", "data.format=jmlr"])
-    JointTrainer(cfg, DualEncoder.from_pretrained(tiny_encoder_dir), Reader.from_pretrained(tiny_reader_dir,
+    JointTrainer(cfg, DualEncoder.from_pretrained(tiny_bert_dir), Reader.from_pretrained(tiny_reader_dir,
                  max_length=128), corpus, qa, [], progress=False).train()
     return root, corpus, qa
 

@@ -12,7 +12,7 @@ from _reliability import tiny_data
 
 
 @pytest.fixture(scope="module")
-def run4(tmp_path_factory, tiny_encoder_dir, tiny_reader_dir):
+def run4(tmp_path_factory, tiny_bert_dir, tiny_reader_dir):
     """A finished 4-step run with checkpoints at steps 2 and 4."""
     from jmlr.config import load_config
     from jmlr.reader import Reader
@@ -24,7 +24,7 @@ def run4(tmp_path_factory, tiny_encoder_dir, tiny_reader_dir):
     out = tmp_path_factory.mktemp("hk") / "run"
     corpus, qa = tiny_data()
     cfg = load_config(None, BASE + [f"output_dir={out}", "optim.steps=4", "checkpoint_every=2"])
-    JointTrainer(cfg, DualEncoder.from_pretrained(tiny_encoder_dir), Reader.from_pretrained(tiny_reader_dir,
+    JointTrainer(cfg, DualEncoder.from_pretrained(tiny_bert_dir), Reader.from_pretrained(tiny_reader_dir,
                  max_length=128), corpus, qa, [], progress=False).train()
     return out
 

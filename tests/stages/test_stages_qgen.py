@@ -100,13 +100,17 @@ def test_run_qgen_on_tiny_model(reader, corpus, tmp_path):
     cfg = QGenConfig(output_dir=str(tmp_path / "qgen"), max_new_tokens=24, batch_size=4)
     s = run_qgen(cfg, reader=reader, passages=list(corpus)[:4], progress=False)
     assert set(s["rejected"]) == set(REJECTION_REASONS)
-    assert s["generated"] == 4 and sum(s["rejected"].values()) == s["generated"] - s["accepted"]
-    assert s["generated_tokens"] > 0 and s["flops_est"] > 0
-    rejected = (tmp_path / "qgen" / "rejected.jsonl").read_text().splitlines()
-    assert len(rejected) == sum(s["rejected"].values())
-    assert all(json.loads(r)["reason"] in REJECTION_REASONS for r in rejected)
-    if s["accepted"]:
-        assert len(load_qa("jmlr", s["questions_file"])) == s["accepted"]
+    # 24 tokens of a random model are never a question with four options and an answer line: one generation
+    # per passage, each rejected as unparsable, none written as a question
+    assert s["generated"] == 4 and s["accepted"] == 0 and s["questions_file"] is None
+    assert s["rejected"] == {r: 4 if r == "unparsable" else 0 for r in REJECTION_REASONS}
+    rejected = [json.loads(r) for r in (tmp_path / "qgen" / "rejected.jsonl").read_text().splitlines()]
+    assert [r["reason"] for r in rejected] == ["unparsable"] * 4
+    assert 4 <= s["generated_tokens"] <= 4 * 24  # at least one token each, at most max_new_tokens
+    # the tiny Llama has 1,591,456 parameters: embeddings 49,152 x 32 = 1,572,864 (tied with the LM head), per
+    # layer q 32x32 + k 32x16 + v 32x16 + o 32x32 + gate, up, down 3 x 32x64 + 2 norms x 32 = 9,280, 2 layers,
+    # final norm 32; the estimate is 2 FLOPs per parameter per token
+    assert s["flops_est"] == 2 * 1_591_456 * s["tokens"]
 
 
 def test_run_qgen_writes_loadable_questions(reader, tmp_path):
