@@ -11,6 +11,7 @@ from __future__ import annotations
 import dataclasses
 import difflib
 import json
+import logging
 import types
 import typing
 from dataclasses import dataclass, field
@@ -21,6 +22,7 @@ from jmlr.core.fields import config_field
 from jmlr.core.precision import PRECISIONS
 from jmlr.retriever.pooling import POOLINGS
 
+logger = logging.getLogger(__name__)
 _f = config_field  # short local name; other packages import config_field from jmlr.core.fields
 
 
@@ -321,9 +323,26 @@ def set_value(cfg: TrainConfig, dotted: str, value: Any) -> None:
             obj = getattr(obj, p)
 
 
+def _drop_removed(data: dict, where: str, prefix: str = "") -> dict:
+    """``data`` without the keys of :data:`REMOVED`, each dropped with a warning (a run's own saved config)."""
+    out = {}
+    for k, v in data.items():
+        key = prefix + str(k)
+        if key in REMOVED:
+            logger.warning("config key '%s'%s was removed and is ignored in a saved run config: %s", key, where,
+                           REMOVED[key])
+            continue
+        out[k] = _drop_removed(v, where, key + ".") if isinstance(v, dict) else v
+    return out
+
+
 def load_config(path: str | Path | None = None, overrides: list[str] | None = None,
-                cls=TrainConfig) -> TrainConfig:
-    """Defaults, then the YAML file at ``path`` (if any), then ``key=value`` overrides, in that order."""
+                cls=TrainConfig, saved: bool = False) -> TrainConfig:
+    """Defaults, then the YAML file at ``path`` (if any), then ``key=value`` overrides, in that order.
+
+    ``saved=True`` reads the ``config.yaml`` a run wrote: a key removed since (:data:`REMOVED`) is dropped with a
+    warning instead of refused, so the runs of older versions still load. Written by hand, such a key is an
+    error that says what replaces it."""
     import yaml
 
     cfg = cls()
@@ -337,7 +356,7 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
             raise ValueError(f"{p}: not valid YAML: {e}") from None
         if not isinstance(data, dict):
             raise ValueError(f"{p}: expected a mapping of config keys at the top level, got {type(data).__name__}")
-        _apply(cfg, data, "", f" in {p}")
+        _apply(cfg, _drop_removed(data, f" in {p}") if saved else data, "", f" in {p}")
     for item in overrides or []:
         if "=" not in item:
             raise ValueError(f"override {item!r} must look like key=value (e.g. optim.steps=100)")

@@ -106,3 +106,15 @@ def test_one_temperature_a_loss_temperature_option_names_retriever_temperature()
     cfg.loss.name = "pdist"
     loss_fn = make_loss(cfg)
     assert (loss_fn.temperature, loss_fn.target_temperature) == (0.1, 0.5)
+
+
+def test_a_saved_run_config_with_a_removed_key_still_loads(tmp_path, caplog):
+    """A run of an older version wrote loss.reader_temperature into its config.yaml; `jmlr eval --run` reads it."""
+    f = tmp_path / "config.yaml"
+    f.write_text("loss:\n  name: pdist\n  reader_temperature: 1.0\noptim:\n  steps: 7\n")
+    with caplog.at_level("WARNING", logger="jmlr.config"):
+        cfg = load_config(f, saved=True)
+    assert cfg.loss.name == "pdist" and cfg.optim.steps == 7
+    assert "loss.reader_temperature" in caplog.text and "ignored" in caplog.text
+    with pytest.raises(ValueError, match="was removed"):  # a hand-written config is still refused
+        load_config(f)

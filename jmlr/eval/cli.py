@@ -69,7 +69,7 @@ def evaluate_run(run: str, data: str, fmt: str = "jmlr", retrieval: bool = True,
             raise FileNotFoundError(f"{run}: neither a checkpoint nor a run folder with checkpoints/step-N")
         folder = found
     cfg_file = folder.parent.parent / "config.yaml"
-    cfg = load_config(cfg_file if cfg_file.is_file() else None)
+    cfg = load_config(cfg_file if cfg_file.is_file() else None, saved=True)
     if data == "demo":
         from jmlr.data.demo import demo_qa
         examples = demo_qa("test")
