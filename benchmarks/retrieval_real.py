@@ -81,14 +81,14 @@ def main(argv=None) -> int:
     import transformers
 
     from jmlr.eval.retrieval import evaluate_index
-    from jmlr.index import EmbeddingStore, ExactIndex
-    from jmlr.retriever import BM25Index, DualEncoder
-    from jmlr.retriever.bm25 import _stemmer
+    from jmlr.index import BM25Index, EmbeddingStore, ExactIndex
+    from jmlr.index.bm25 import make_stemmer
+    from jmlr.retriever import DualEncoder
 
     transformers.logging.set_verbosity_error()
     dual = DualEncoder.from_pretrained(args.encoder, max_length=args.max_length)
     enc_fp = dual.fingerprint("doc")
-    stemmer = "english (PyStemmer)" if _stemmer("auto") is not None else "none (PyStemmer not installed)"
+    stemmer = "english (PyStemmer)" if make_stemmer("auto") is not None else "none (PyStemmer not installed)"
     rows, results = [], {}
     for name, corpus, variants in sets:
         ids, texts = list(corpus.ids), corpus.texts()

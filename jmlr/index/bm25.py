@@ -13,7 +13,7 @@ _TOKENIZER_DIR = "tokenizer"
 _BM25_DIR = "bm25"
 
 
-def _stemmer(name: str | None):
+def make_stemmer(name: str | None):
     """A PyStemmer stemmer for ``name`` ("english", ...), None for no stemming, "auto" = english if installed."""
     if name in (None, "none", ""):
         return None
@@ -69,7 +69,7 @@ class BM25Index(BaseIndex):
         import bm25s
         from bm25s.tokenization import Tokenizer
 
-        self._tokenizer = Tokenizer(stopwords=self.stopwords, stemmer=_stemmer(self.stemmer))
+        self._tokenizer = Tokenizer(stopwords=self.stopwords, stemmer=make_stemmer(self.stemmer))
         tokens = self._tokenizer.tokenize(self._texts, update_vocab=True, return_as="ids", show_progress=False)
         self._retriever = bm25s.BM25(k1=self.k1, b=self.b, method=self.method)
         self._retriever.index(tokens, show_progress=False)
@@ -118,6 +118,6 @@ class BM25Index(BaseIndex):
         idx._texts = json.loads((folder / "texts.json").read_text())
         idx._restore_common(folder, meta)
         idx._retriever = bm25s.BM25.load(str(folder / _BM25_DIR))
-        idx._tokenizer = Tokenizer(stopwords=idx.stopwords, stemmer=_stemmer(idx.stemmer))
+        idx._tokenizer = Tokenizer(stopwords=idx.stopwords, stemmer=make_stemmer(idx.stemmer))
         idx._tokenizer.load_vocab(str(folder / _TOKENIZER_DIR))
         return idx

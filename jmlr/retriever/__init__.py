@@ -1,6 +1,6 @@
 """Retrievers: the :class:`DualEncoder` (query and doc towers) and its contrastive trainer.
 
-BM25 lives in :mod:`jmlr.index.bm25` (``jmlr.index.BM25Index``); ``jmlr.retriever.BM25Index`` is a re-export.
+BM25 lives in :mod:`jmlr.index.bm25` (``jmlr.index.BM25Index``).
 
 Names are imported lazily (``import jmlr.retriever`` does not import torch).
 """
@@ -15,7 +15,6 @@ _LAZY = {
     "ContrastiveExample": "jmlr.retriever.contrastive",
     "info_nce": "jmlr.retriever.contrastive",
     "mine_hard_negatives": "jmlr.retriever.contrastive",
-    "BM25Index": "jmlr.retriever.bm25",  # re-export of jmlr.index.BM25Index until benchmarks/ imports it there
 }
 
 __all__ = sorted(_LAZY)

@@ -60,8 +60,8 @@ def run_jmlr(*args, timeout=300, env=None):
 
 
 def hold_lock_in_subprocess(lock_expr: str, timeout: float = 60.0):
-    """Start a Python process that takes ``lock_expr`` (a jmlr.fs lock) and sleeps; return it once it holds it."""
-    code = ("import sys, time\nfrom jmlr import fs\n"
+    """Start a Python process that takes ``lock_expr`` (a jmlr.core.fs lock) and sleeps; return it once it holds it."""
+    code = ("import sys, time\nfrom jmlr.core import fs\n"
             f"lock = {lock_expr}\nlock.acquire()\nprint('locked', flush=True)\ntime.sleep(120)\n")
     proc = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                             cwd=ROOT)

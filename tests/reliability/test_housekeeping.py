@@ -84,7 +84,7 @@ def test_stale_gguf_conversions_are_removed(tmp_path, monkeypatch):
 
 
 def test_temporaries_of_dead_processes_only_are_removed_without_a_lock(tmp_path):
-    from jmlr.fs import clean_stale_tmp
+    from jmlr.core.fs import clean_stale_tmp
 
     (tmp_path / ".idx.tmp-99999999-aa").mkdir()
     (tmp_path / f".idx.tmp-{os.getppid()}-bb").mkdir()  # a live writer

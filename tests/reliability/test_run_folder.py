@@ -24,7 +24,7 @@ def test_a_second_training_into_a_held_output_dir_is_refused(tmp_path):
 
 
 def test_two_trainers_in_one_process_cannot_share_an_output_dir(make_trainer, tmp_path):
-    from jmlr.fs import FolderLockedError
+    from jmlr.core.fs import FolderLockedError
 
     a = make_trainer(tmp_path / "run", dev=False)
     a.setup()

@@ -15,23 +15,37 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from .batching import sequence_logps
-from .config import StageModelConfig, StageOptimConfig, StageRunConfig, load_stage_config
-from .data_io import load_reader
-from .engine import train_loop
-from .dpo import DPOConfig, PreferencePair, dpo_loss, load_preferences, run_dpo
-from .pretrain import PretrainConfig, pack_windows, qa_to_text, run_pretrain
-from .progressive import (ProgressiveCase, evaluate_progressive, expand_case, expand_cases, load_progressive,
-                          progressive_question)
-from .qgen import QGenConfig, QGenResult, QGenSettings, generate_questions, parse_mcq, run_qgen, validate_mcq
-from .sft import (SFTConfig, SFTExample, encode_sft, format_instruction, instruction_examples, load_instructions,
-                  run_sft, sft_examples_from_qa)
+from jmlr.core.lazy import lazy_getattr
 
-STAGE_CONFIGS = {"pretrain": PretrainConfig, "sft": SFTConfig, "qgen": QGenConfig, "dpo": DPOConfig}
-"""Stage name -> config dataclass."""
+_MODULES = {
+    "batching": ["sequence_logps"],
+    "config": ["StageModelConfig", "StageOptimConfig", "StageRunConfig", "load_stage_config"],
+    "data_io": ["load_reader"],
+    "engine": ["train_loop"],
+    "dpo": ["DPOConfig", "PreferencePair", "dpo_loss", "load_preferences", "run_dpo"],
+    "pretrain": ["PretrainConfig", "pack_windows", "qa_to_text", "run_pretrain"],
+    "progressive": ["ProgressiveCase", "evaluate_progressive", "expand_case", "expand_cases", "load_progressive",
+                    "progressive_question"],
+    "qgen": ["QGenConfig", "QGenResult", "QGenSettings", "generate_questions", "parse_mcq", "run_qgen",
+             "validate_mcq"],
+    "sft": ["SFTConfig", "SFTExample", "encode_sft", "format_instruction", "instruction_examples",
+            "load_instructions", "run_sft", "sft_examples_from_qa"],
+}
+_LAZY = {name: f"jmlr.train.stages.{mod}" for mod, names in _MODULES.items() for name in names}
+_STAGES = {"pretrain": ("PretrainConfig", "run_pretrain"), "sft": ("SFTConfig", "run_sft"),
+           "qgen": ("QGenConfig", "run_qgen"), "dpo": ("DPOConfig", "run_dpo")}
+_lazy = lazy_getattr("jmlr.train.stages", _LAZY)
 
-STAGE_RUNNERS = {"pretrain": run_pretrain, "sft": run_sft, "qgen": run_qgen, "dpo": run_dpo}
-"""Stage name -> ``run_*(cfg, progress=...)``."""
+
+def __getattr__(name: str):
+    """The public names, imported from their modules on first use (so importing the package stays cheap);
+    ``STAGE_CONFIGS`` (stage name -> config dataclass) and ``STAGE_RUNNERS`` (stage name ->
+    ``run_*(cfg, progress=...)``) import every stage."""
+    if name == "STAGE_CONFIGS":
+        return {stage: _lazy(c) for stage, (c, _) in _STAGES.items()}
+    if name == "STAGE_RUNNERS":
+        return {stage: _lazy(r) for stage, (_, r) in _STAGES.items()}
+    return _lazy(name)
 
 
 def config_class_for_file(path) -> type:
@@ -40,10 +54,10 @@ def config_class_for_file(path) -> type:
     stem = Path(path).name
     for sep in "_-.":
         stem = stem.split(sep, 1)[0]
-    if stem not in STAGE_CONFIGS:
+    if stem not in _STAGES:
         raise ValueError(f"{path}: cannot tell the stage from the file name; expected it to start with one of "
-                         f"{', '.join(STAGE_CONFIGS)}")
-    return STAGE_CONFIGS[stem]
+                         f"{', '.join(_STAGES)}")
+    return _lazy(_STAGES[stem][0])
 
 
 __all__ = [

@@ -9,6 +9,8 @@ from pathlib import Path
 from typing import Any, Optional
 
 from jmlr.core.fields import config_field as _f
+from jmlr.config import all_keys, load_config, save_config
+from jmlr.train.loop import is_main_rank
 
 __all__ = ["StageModelConfig", "StageOptimConfig", "StageRunConfig", "check_optim", "load_stage_config",
            "save_stage_config"]
@@ -86,8 +88,6 @@ def check_optim(cfg: StageOptimConfig) -> None:
 
 def save_stage_config(cfg, out: str | os.PathLike) -> None:
     """Write the resolved config next to the run's outputs (``config.yaml``)."""
-    from jmlr.config import save_config
-    from jmlr.train.loop import is_main_rank
 
     if not is_main_rank():
         return
@@ -103,7 +103,6 @@ def _check_keys(cls, mapping: Any, prefix: str, where: str, root=None) -> None:
     import difflib
     import typing
 
-    from jmlr.config import all_keys
 
     if not isinstance(mapping, dict):
         return
@@ -129,7 +128,6 @@ def load_stage_config(cls, path: str | os.PathLike | None = None, overrides: Seq
     """
     import yaml
 
-    from jmlr.config import load_config
 
     if path is not None and Path(path).is_file():
         try:

@@ -7,6 +7,11 @@ import random
 from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
+from jmlr.core.fs import write_json_atomic as _write
+from jmlr.data import Corpus, iter_records, load_qa
+from jmlr.data.demo import demo_corpus, demo_qa
+from jmlr.reader import Reader
+from jmlr.reader.loading import reader_load_kwargs
 
 from .config import StageModelConfig
 
@@ -26,18 +31,15 @@ def seed_everything(seed: int) -> None:
 
 def write_json_atomic(path: str | os.PathLike, obj: Any) -> Path:
     """Write ``obj`` as indented JSON through a temporary file, fsync and ``os.replace`` (:mod:`jmlr.core.fs`)."""
-    from jmlr.core.fs import write_json_atomic as _write
 
     return _write(path, obj, default=float, ensure_ascii=False, sort_keys=False)
 
 
 def load_reader(cfg: StageModelConfig, **reader_kwargs):
     """A :class:`jmlr.reader.Reader` from a :class:`StageModelConfig` (LoRA and checkpointing applied)."""
-    from jmlr.reader import Reader
 
     import torch
 
-    from jmlr.reader.loading import reader_load_kwargs
 
     load_kw = reader_load_kwargs(cfg, prefix="model")  # LoRA, dtype, attention, quantisation; checked first
     device = cfg.device
@@ -51,10 +53,8 @@ def load_reader(cfg: StageModelConfig, **reader_kwargs):
 def resolve_qa(src: str, fmt: str, split: str = "train") -> list:
     """QA examples from a file in format ``fmt``, or the bundled demo split when ``src == "demo"``."""
     if src == "demo":
-        from jmlr.data.demo import demo_qa
 
         return demo_qa(split)
-    from jmlr.data import load_qa
 
     return load_qa(fmt, src)
 
@@ -62,10 +62,8 @@ def resolve_qa(src: str, fmt: str, split: str = "train") -> list:
 def resolve_corpus(src: str, fmt: str | None = None):
     """A :class:`jmlr.data.Corpus` from a file/folder, or the demo corpus when ``src == "demo"``."""
     if src == "demo":
-        from jmlr.data.demo import demo_corpus
 
         return demo_corpus()
-    from jmlr.data import Corpus
 
     return Corpus.load(src, fmt=fmt or None)
 
@@ -78,7 +76,6 @@ def add_special_tokens_for(reader) -> bool:
 
 def iter_json_lines(path: str | os.PathLike, expected: str) -> Iterable[tuple[str, dict]]:
     """``("line N", record)`` for a JSONL file (or a JSON array), errors naming the file and line."""
-    from jmlr.data import iter_records
 
     return iter_records(path, expected)
 

@@ -35,6 +35,10 @@ from dataclasses import dataclass, field
 
 from jmlr.core.fields import config_field as _f
 from jmlr.reader.prefix import PackedBatch, pack_shared_prefix, packed_forward, supports_packing
+from jmlr.core.precision import resolve_precision
+from jmlr.data import DataFormatError
+from jmlr.data.hf import is_hf_dataset, records
+from jmlr.train.loop import make_accelerator
 
 from .batching import IGNORE_INDEX, ScheduledBatches, StepBatch, epoch_batches, right_pad, sequence_logps
 from .config import StageModelConfig, StageOptimConfig, StageRunConfig, save_stage_config
@@ -88,7 +92,6 @@ class PreferencePair:
 
 def load_preferences(path) -> list[PreferencePair]:
     """Read ``{prompt, chosen, rejected}`` JSONL (or a JSON array); errors name the file and the line."""
-    from jmlr.data._io import DataFormatError
 
     out = []
     for i, (where, rec) in enumerate(iter_json_lines(path, _PAIR)):
@@ -106,8 +109,6 @@ def load_preferences(path) -> list[PreferencePair]:
 
 def preferences_from_hf(dataset) -> list[PreferencePair]:
     """Preference pairs from a ``datasets.Dataset`` with ``prompt``, ``chosen`` and ``rejected`` text columns."""
-    from jmlr.data import DataFormatError
-    from jmlr.data.hf import records
 
     out = []
     for i, (where, rec) in enumerate(records(dataset, {"prompt": "prompt", "chosen": "chosen", "rejected": "rejected",
@@ -242,7 +243,6 @@ def _reference_logps(model, enc: Sequence[EncodedPair], schedule, pad_id: int, p
     tokens = 0
     was_training = model.training
     model.eval()
-    from jmlr.core.precision import resolve_precision
 
     autocast = resolve_precision(precision, device).autocast(device)
     todo, seen = [], set()
@@ -274,8 +274,6 @@ def run_dpo(cfg: DPOConfig, reader=None, pairs: Sequence[PreferencePair] | None 
     """
     import torch
 
-    from jmlr.data.hf import is_hf_dataset
-    from jmlr.train.loop import make_accelerator
 
     seed_everything(cfg.seed)
     if is_hf_dataset(pairs):

@@ -24,8 +24,15 @@ from pathlib import Path
 from typing import Any
 
 from jmlr.train.run_folder import remove_outputs
+from jmlr.core.fs import check_writable_dir, clean_stale_tmp, run_folder_lock
+from jmlr.core.precision import resolve_precision
+from jmlr.models import require
+from jmlr.train import checkpoint as ckpt
+from jmlr.train.loop import (LossModule, MetricsLog, MicroBatch, accumulate_step, find_resume, is_main_rank,
+                             load_checkpoint, make_accelerator, save_checkpoint, shard)
 
 from .config import StageModelConfig, StageOptimConfig, check_optim
+from .data_io import write_json_atomic
 
 logger = logging.getLogger("jmlr.train.stages")
 
@@ -80,8 +87,6 @@ def _steps_left(step: int, cfg, folder) -> None:
 def resume_state(cfg) -> dict | None:
     """The state saved in the checkpoint ``cfg.resume`` names (None for a fresh run), without the weights:
     for what a stage computes before the loop (DPO's reference log-probs)."""
-    from jmlr.train import checkpoint as ckpt
-    from jmlr.train.loop import find_resume
 
     folder = find_resume(cfg.output_dir, getattr(cfg, "resume", ""))
     return None if folder is None else ckpt.load_state(folder)
@@ -89,8 +94,6 @@ def resume_state(cfg) -> dict | None:
 
 def _claim(cfg, out: Path) -> None:
     """Fresh run or resume, decided before any model loads."""
-    from jmlr.train import checkpoint as ckpt
-    from jmlr.train.loop import find_resume
 
     if getattr(cfg, "checkpoint_every", 0) < 0:
         raise ValueError(f"checkpoint_every must be >= 0, got {cfg.checkpoint_every}")
@@ -118,14 +121,11 @@ def holds_run_folder(run: Callable) -> Callable:
 
     @functools.wraps(run)
     def wrapper(cfg, *args, **kwargs):
-        from jmlr.core.fs import check_writable_dir, clean_stale_tmp, run_folder_lock
-        from jmlr.train.loop import is_main_rank
 
         if isinstance(getattr(cfg, "optim", None), StageOptimConfig):
             check_optim(cfg.optim)
         reader = kwargs.get("reader", args[0] if args else None)
         if reader is None and isinstance(getattr(cfg, "model", None), StageModelConfig):
-            from jmlr.models import require
 
             require(cfg.model.model, "model.model")
         if not is_main_rank():
@@ -142,7 +142,6 @@ def holds_run_folder(run: Callable) -> Callable:
 
 def _micro_batches(run: StageRun, k: int, n: int, rank: int, world: int):
     """Up to ``n`` micro-batches from global batch ``k`` on: ``(this rank's MicroBatches, last epoch, done)``."""
-    from jmlr.train.loop import MicroBatch, shard
 
     micro, epoch = [], None
     for j in range(n):
@@ -178,11 +177,7 @@ def train_loop(cfg, run: StageRun, progress: bool = True, save: bool = True) -> 
     import torch
     from tqdm.auto import tqdm
 
-    from jmlr.core.precision import resolve_precision
-    from jmlr.train.loop import (LossModule, MetricsLog, accumulate_step, find_resume, load_checkpoint,
-                                 make_accelerator, save_checkpoint)
 
-    from .data_io import write_json_atomic
 
     ocfg = cfg.optim
     check_optim(ocfg)

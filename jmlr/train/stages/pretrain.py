@@ -39,6 +39,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from jmlr.core.fields import config_field as _f
+from jmlr.data.hf import is_hf_dataset, text_column as hf_text_column
 
 from .batching import IGNORE_INDEX, StepBatch, StreamBatches, sequence_logps
 from .config import StageModelConfig, StageOptimConfig, StageRunConfig, save_stage_config
@@ -282,7 +283,6 @@ def run_pretrain(cfg: PretrainConfig, reader=None, texts: Sequence[str] | Any = 
             strings of its ``text_column``.
         progress: show a tqdm bar.
     """
-    from jmlr.data.hf import is_hf_dataset, text_column as hf_text_column
 
     seed_everything(cfg.seed)
     if is_hf_dataset(texts):

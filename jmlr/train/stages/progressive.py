@@ -33,6 +33,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from jmlr.data.types import QAExample
+from jmlr.data import DataFormatError, iter_records
 
 __all__ = ["ProgressiveCase", "load_progressive", "progressive_question", "expand_case", "expand_cases",
            "evaluate_progressive"]
@@ -62,7 +63,6 @@ class ProgressiveCase:
 
 def load_progressive(path) -> list[ProgressiveCase]:
     """Read progressive cases from JSONL (or a JSON array); errors name the file, the line and the question."""
-    from jmlr.data._io import DataFormatError, iter_records
 
     cases, seen = [], set()
     for where, rec in iter_records(path, _CASE):

@@ -44,6 +44,9 @@ from typing import Any
 
 from jmlr.core.fields import config_field as _f
 from jmlr.data.types import Passage, QAExample
+from jmlr.core.precision import resolve_precision
+from jmlr.data import Corpus, save_qa
+from jmlr.data.hf import is_hf_dataset
 
 from .config import StageModelConfig
 from .counters import Counts
@@ -51,6 +54,7 @@ from .data_io import load_reader, resolve_corpus, seed_everything, write_json_at
 from .engine import holds_run_folder
 from .qgen_parse import LETTERS, ParsedMCQ, parse_mcq
 from .qgen_validate import REJECTION_REASONS, _norm, answer_support, copy_ratio, validate_mcq
+from .config import save_stage_config
 
 __all__ = ["QGenSettings", "QGenConfig", "QGenDataConfig", "REJECTION_REASONS", "QGEN_INSTRUCTION", "ParsedMCQ",
            "parse_mcq", "validate_mcq", "answer_support", "copy_ratio", "qgen_prompt", "QGenResult",
@@ -239,20 +243,15 @@ def run_qgen(cfg: QGenConfig, reader=None, passages: Sequence[Passage] | None = 
     wall time, generated tokens and a FLOPs estimate (``2 * N * tokens`` for prompt + generated tokens).
     """
 
-    from jmlr.data import save_qa
 
-    from .config import save_stage_config
 
     t0 = time.perf_counter()
     seed_everything(cfg.seed)
     reader = reader if reader is not None else load_reader(cfg.model)
-    from jmlr.core.precision import resolve_precision
 
     reader.autocast_dtype = resolve_precision(cfg.precision, reader.device, key="precision").dtype
-    from jmlr.data.hf import is_hf_dataset
 
     if is_hf_dataset(passages):  # a datasets.Dataset with id/text(/title) columns
-        from jmlr.data import Corpus
 
         passages = _pick_passages(Corpus.from_hf(passages), cfg.data, cfg.seed)
     if passages is None:

@@ -6,6 +6,7 @@ import re
 from dataclasses import dataclass
 
 from jmlr.data.types import LETTERS  # a generated MCQ has four options: LETTERS[:4]
+from jmlr.reader.parse import parse_answer
 
 __all__ = ["LETTERS", "ParsedMCQ", "parse_mcq"]
 
@@ -98,7 +99,6 @@ def parse_mcq(text: str, assume_question: bool = False) -> ParsedMCQ | None:
 
 def _resolve_answer(answer_raw: str, options: dict[str, str]) -> str | None:
     """The option letter the answer line names (letter or option text), else ``None``."""
-    from jmlr.reader.parse import parse_answer
 
     m = re.match(r"^[\(\[]?([A-Za-z])[\)\]]?(?:[.:)]|\s|$)", answer_raw.strip())
     if m and (len(answer_raw.strip()) == 1 or not answer_raw.strip()[1:2].isalpha()):

@@ -36,12 +36,15 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from jmlr.core.fields import config_field as _f
+from jmlr.data import DataFormatError
+from jmlr.data.hf import column_names, is_hf_dataset, records, resolve_dataset
 
 from .batching import IGNORE_INDEX, IndexedBatches, StepBatch, right_pad, sequence_logps
 from .config import StageModelConfig, StageOptimConfig, StageRunConfig, save_stage_config
 from .data_io import (add_special_tokens_for, iter_json_lines, load_reader, resolve_corpus, resolve_qa,
                       seed_everything)
 from .engine import StageRun, holds_run_folder, train_loop
+from .progressive import expand_cases, load_progressive
 
 __all__ = ["SFTConfig", "SFTDataConfig", "SFTExample", "EncodedSFT", "Instruction", "load_instructions",
            "format_instruction", "instruction_examples", "sft_examples_from_qa", "sft_examples_from_hf",
@@ -117,7 +120,6 @@ def load_instructions(path) -> list[Instruction]:
 
     Raises ``ValueError`` naming the file and line for a missing or empty field.
     """
-    from jmlr.data._io import DataFormatError
 
     out: list[Instruction] = []
     for i, (where, rec) in enumerate(iter_json_lines(path, _INSTRUCTION)):
@@ -274,7 +276,6 @@ def build_sft_examples(cfg: SFTConfig, reader) -> list[SFTExample]:
     if d.qa:
         qa += resolve_qa(d.qa, d.qa_format, "train")
     if d.progressive:
-        from .progressive import expand_cases, load_progressive
 
         qa += expand_cases(load_progressive(d.progressive))
     if qa:
@@ -296,8 +297,6 @@ def build_sft_examples(cfg: SFTConfig, reader) -> list[SFTExample]:
 def sft_examples_from_hf(dataset, reader) -> list[SFTExample]:
     """SFT pairs from a ``datasets.Dataset`` with ``prompt``/``response`` columns (used verbatim), or with
     ``instruction``/``output`` (and optional ``input``) columns (rendered like instruction records)."""
-    from jmlr.data import DataFormatError
-    from jmlr.data.hf import column_names, records, resolve_dataset
 
     ds, desc = resolve_dataset(dataset)
     cols = column_names(ds)
@@ -336,7 +335,6 @@ def run_sft(cfg: SFTConfig, reader=None, examples: Sequence[SFTExample] | None =
             see :func:`sft_examples_from_hf`).
         progress: show a tqdm bar.
     """
-    from jmlr.data.hf import is_hf_dataset
 
     seed_everything(cfg.seed)
     reader = reader if reader is not None else load_reader(cfg.model)
