@@ -69,27 +69,34 @@ class RetrieverConfig:
 
 
 @dataclass
-class ReaderConfig:
-    model: str = _f("smollm2-135m", "causal LM: a jmlr alias (smollm2-135m), an HF folder or name")
-    template: str = _f("jmlr", "prompt template: jmlr, chat or freetext")
-    max_length: int = _f(384, "max prompt+answer tokens per sequence (passages are truncated first)")
-    target: str = _f("letter", "MCQ answer target: letter (' B'), letter_text (' B. text') or option_text "
-                                "(cloze: options not listed, each option's text scored)")
-    lora: bool = _f(False, "train LoRA adapters (peft) instead of all reader weights")
+class ModelLoadConfig:
+    """How a causal LM is loaded and adapted: the fields ``reader.*`` (joint training) and the stages' ``model.*``
+    share, declared once."""
+
+    lora: bool = _f(False, "train LoRA adapters (peft) instead of all weights")
     lora_r: int = _f(8, "LoRA rank")
     lora_alpha: int = _f(16, "LoRA alpha")
     lora_dropout: float = _f(0.0, "LoRA dropout on the adapter inputs")
     lora_target_modules: list = _f([], "modules that get LoRA adapters: names (q_proj,k_proj,v_proj,o_proj,...) or "
                                        "all-linear; empty = peft's default for the architecture")
     lora_train_lm_head: bool = _f(False, "with LoRA, also train the LM head in full (peft modules_to_save), as JMLR did")
-    torch_dtype: Optional[str] = _f(None, "reader weights dtype at load: bf16, fp16, fp32 or auto (empty: fp32)")
+    torch_dtype: Optional[str] = _f(None, "weights dtype at load: bf16, fp16, fp32 or auto (empty: fp32)")
     attn_implementation: Optional[str] = _f(None, "attention kernel: eager, sdpa, flash_attention_2 (empty: "
                                                   "transformers' choice)")
-    quantization: str = _f("none", "load the reader weights in 4bit (QLoRA, NF4) or 8bit through bitsandbytes "
-                                   "(needs reader.lora=true and a CUDA GPU), or none")
+    quantization: str = _f("none", "load the weights in 4bit (QLoRA, NF4) or 8bit through bitsandbytes (needs "
+                                   "lora=true and a CUDA GPU), or none")
     gradient_checkpointing: bool = _f(False, "recompute activations in backward to save memory")
-    lr: float = _f(2e-5, "learning rate of the reader parameter group")
     trust_remote_code: bool = _f(False, "allow custom model code from the model folder (off by default)")
+
+
+@dataclass
+class ReaderConfig(ModelLoadConfig):
+    model: str = _f("smollm2-135m", "causal LM: a jmlr alias (smollm2-135m), an HF folder or name")
+    template: str = _f("jmlr", "prompt template: jmlr, chat or freetext")
+    max_length: int = _f(384, "max prompt+answer tokens per sequence (passages are truncated first)")
+    target: str = _f("letter", "MCQ answer target: letter (' B'), letter_text (' B. text') or option_text "
+                                "(cloze: options not listed, each option's text scored)")
+    lr: float = _f(2e-5, "learning rate of the reader parameter group")
 
 
 @dataclass

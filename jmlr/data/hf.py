@@ -40,7 +40,21 @@ def resolve_dataset(src: Any, split: str | None = None) -> tuple[Any, str]:
     if not is_hf_dataset(src):
         raise ValueError(f"expected a datasets.Dataset (or DatasetDict, or a save_to_disk folder), "
                          f"got {type(src).__name__}")
-    if hasattr(src, "keys") and not hasattr(src, "column_names") or type(src).__name__.endswith("Dict"):
+    return select_split(src, split, desc)
+
+
+def is_split_dict(obj: Any) -> bool:
+    """A mapping of split name to data set: a (Iterable)DatasetDict, or a plain dict of splits."""
+    if any(k.__name__ in ("DatasetDict", "IterableDatasetDict") for k in type(obj).__mro__):
+        return True
+    return (isinstance(obj, Mapping) or hasattr(obj, "keys")) and not hasattr(obj, "column_names")
+
+
+def select_split(src: Any, split: str | None, desc: str) -> tuple[Any, str]:
+    """``(one split, description)`` of a mapping of splits (:func:`is_split_dict`): the one named ``split``, or
+    the only one when ``split`` is None; any other source comes back as it is. ``desc`` names the source in
+    errors, and gets the split appended."""
+    if is_split_dict(src):
         splits = list(src.keys())
         if split is None:
             if len(splits) != 1:

@@ -41,7 +41,7 @@ def _weights(folder: Path) -> dict:
 
 @pytest.mark.parametrize("stage", ["sft", "dpo"])
 def test_resume_latest_reproduces_the_uninterrupted_run(stage, tiny_reader_dir, tmp_path, capsys, monkeypatch):
-    import jmlr.train.loop as loop
+    import jmlr.train.stages.engine as loop  # the engine's binding of jmlr.train.loop.accumulate_step
 
     rc, err = _main(_argv(stage, tiny_reader_dir, tmp_path / "full"), capsys)
     assert rc == 0, err
@@ -113,7 +113,7 @@ def test_fresh_runs_append_to_the_log(tiny_reader_dir, tmp_path, capsys):
 
 def test_pretrain_resume_reads_the_packed_stream_on(tiny_reader_dir, corpus, tmp_path, monkeypatch):
     """The packed stream has no random access: a resumed run re-reads it up to its checkpoint's position."""
-    import jmlr.train.loop as loop
+    import jmlr.train.stages.engine as loop  # the engine's binding of jmlr.train.loop.accumulate_step
     from jmlr.reader import Reader
     from jmlr.train.stages import PretrainConfig, run_pretrain
 

@@ -6,6 +6,7 @@ from pathlib import Path
 from typing import Any, Iterable, Mapping
 
 from .._io import check_file, iter_records
+from ..hf import select_split
 from ..types import LETTERS
 from .records import Loaded, _Collector, _options
 
@@ -163,18 +164,7 @@ def _load_hf(src, *, mapping: Mapping | None = None, split: str | None = None, i
 
         src = datasets.load_from_disk(str(p))
         desc = f"hf dataset {p}"
-    if isinstance(src, Mapping) and not hasattr(src, "column_names") or _is_dataset_dict(src):
-        splits = list(src.keys())
-        if split is None:
-            if len(splits) != 1:
-                raise ValueError(f"{desc}: a DatasetDict with splits {splits}; pass split=<one of them>")
-            split = splits[0]
-        if split not in src:
-            raise ValueError(f"{desc}: no split {split!r}; expected one of {splits}")
-        src = src[split]
-        desc = f"{desc} (split {split!r})"
-    elif split is not None:
-        desc = f"{desc} (split {split!r})"
+    src, desc = select_split(src, split, desc)
     if not hasattr(src, "__iter__"):
         raise ValueError(f"format 'hf' expects a datasets.Dataset (or an iterable of dict records), "
                          f"got {type(src).__name__}")
@@ -191,8 +181,3 @@ def _load_hf(src, *, mapping: Mapping | None = None, split: str | None = None, i
             raise c.error(None, "dataset is empty; expected records")
 
     return _from_records(c, records(), mapping, id_prefix, answer_index_base, limit)
-
-
-def _is_dataset_dict(obj: Any) -> bool:
-    t = type(obj)
-    return any(k.__name__ in ("DatasetDict", "IterableDatasetDict") for k in t.__mro__)

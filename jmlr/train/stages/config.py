@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Any, Optional
 
 from jmlr.core.fields import config_field as _f
-from jmlr.config import all_keys, load_config, save_config
+from jmlr.config import ModelLoadConfig, all_keys, load_config, save_config
 from jmlr.train.loop import is_main_rank
 
 __all__ = ["StageModelConfig", "StageOptimConfig", "StageRunConfig", "check_optim", "load_stage_config",
@@ -17,27 +17,13 @@ __all__ = ["StageModelConfig", "StageOptimConfig", "StageRunConfig", "check_opti
 
 
 @dataclass
-class StageModelConfig:
+class StageModelConfig(ModelLoadConfig):
     """The reader a stage starts from."""
 
     model: str = _f("smollm2-135m", "causal LM to train: a jmlr alias (smollm2-135m), an HF folder (e.g. the "
                                     "model/ folder of an earlier stage) or an HF name")
     template: str = _f("jmlr", "prompt template of the reader: jmlr (base models), chat (instruct models) or freetext")
     max_length: int = _f(512, "max tokens per training sequence (prompt + response)")
-    lora: bool = _f(False, "train LoRA adapters (peft) instead of all weights")
-    lora_r: int = _f(8, "LoRA rank")
-    lora_alpha: int = _f(16, "LoRA alpha")
-    lora_dropout: float = _f(0.0, "LoRA dropout on the adapter inputs")
-    lora_target_modules: list = _f([], "modules that get LoRA adapters: names (q_proj,k_proj,v_proj,o_proj,...) or "
-                                       "all-linear; empty = peft's default for the architecture")
-    lora_train_lm_head: bool = _f(False, "with LoRA, also train the LM head in full (peft modules_to_save)")
-    torch_dtype: Optional[str] = _f(None, "weights dtype at load: bf16, fp16, fp32 or auto (empty: fp32)")
-    attn_implementation: Optional[str] = _f(None, "attention kernel: eager, sdpa, flash_attention_2 (empty: "
-                                                  "transformers' choice)")
-    quantization: str = _f("none", "load the weights in 4bit (QLoRA, NF4) or 8bit through bitsandbytes (needs "
-                                   "model.lora=true and a CUDA GPU), or none")
-    gradient_checkpointing: bool = _f(False, "recompute activations in backward to save memory")
-    trust_remote_code: bool = _f(False, "allow custom model code from the model folder (off by default)")
     device: str = _f("auto", "where to run: auto (cuda when available, else cpu), cpu, cuda, cuda:1, ...")
 
 
