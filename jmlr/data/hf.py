@@ -25,18 +25,24 @@ def is_hf_dataset(obj: Any) -> bool:
         type(obj).__module__.startswith("datasets")
 
 
+def load_if_folder(src: Any, missing: type[Exception] = FileNotFoundError,
+                   hint: str = "expected a folder with dataset_info.json, or pass a datasets.Dataset object"
+                   ) -> tuple[Any, str]:
+    """``(data set, description)``: a path is a folder written by ``save_to_disk`` and is loaded (nothing is
+    downloaded); anything else comes back as it is. A path that is not a folder raises ``missing`` with ``hint``."""
+    if not isinstance(src, (str, os.PathLike)):
+        return src, "hf dataset"
+    p = Path(src)
+    if not p.is_dir():
+        raise missing(f"{p}: not a folder written by datasets' save_to_disk ({hint})")
+    import datasets
+
+    return datasets.load_from_disk(str(p)), f"hf dataset {p}"
+
+
 def resolve_dataset(src: Any, split: str | None = None) -> tuple[Any, str]:
     """``(dataset, description)`` from a Dataset, a DatasetDict (+ ``split``) or a ``save_to_disk`` folder."""
-    desc = "hf dataset"
-    if isinstance(src, (str, os.PathLike)):
-        p = Path(src)
-        if not p.is_dir():
-            raise FileNotFoundError(f"{p}: not a folder written by datasets' save_to_disk (expected a folder with "
-                                    "dataset_info.json, or pass a datasets.Dataset object)")
-        import datasets
-
-        src = datasets.load_from_disk(str(p))
-        desc = f"hf dataset {p}"
+    src, desc = load_if_folder(src)
     if not is_hf_dataset(src):
         raise ValueError(f"expected a datasets.Dataset (or DatasetDict, or a save_to_disk folder), "
                          f"got {type(src).__name__}")

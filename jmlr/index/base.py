@@ -59,6 +59,17 @@ class Index(Protocol):
     def __len__(self) -> int: ...
 
 
+def _as_2d(x, dim: int | None, what: str):
+    """``x`` (a numpy array or a tensor) as ``(n, d)``: one row promoted, other ranks and a wrong ``d`` refused."""
+    if x.ndim == 1:
+        x = x[None, :]
+    if x.ndim != 2:
+        raise ValueError(f"{what} must be a 2-D (n, d) array, got shape {tuple(x.shape)}")
+    if dim is not None and x.shape[1] != dim:
+        raise ValueError(f"{what} have dimension {x.shape[1]}, expected {dim}")
+    return x
+
+
 def as_float32_matrix(x, dim: int | None = None, what: str = "embeddings") -> np.ndarray:
     """A C-contiguous ``(n, d)`` float32 numpy array from a torch tensor, numpy array or nested list."""
     try:
@@ -68,13 +79,7 @@ def as_float32_matrix(x, dim: int | None = None, what: str = "embeddings") -> np
             x = x.detach().to("cpu", torch.float32).numpy()
     except ImportError:  # pragma: no cover - torch is a dependency
         pass
-    x = np.asarray(x, dtype=np.float32)
-    if x.ndim == 1:
-        x = x[None, :]
-    if x.ndim != 2:
-        raise ValueError(f"{what} must be a 2-D (n, d) array, got shape {tuple(x.shape)}")
-    if dim is not None and x.shape[1] != dim:
-        raise ValueError(f"{what} have dimension {x.shape[1]}, expected {dim}")
+    x = _as_2d(np.asarray(x, dtype=np.float32), dim, what)
     if not np.isfinite(x).all():
         bad = int(np.argwhere(~np.isfinite(x))[0][0])
         raise ValueError(f"{what} row {bad} holds NaN or inf")
@@ -90,13 +95,7 @@ def as_float32_tensor(x, dim: int | None = None, what: str = "queries"):
 
     if not isinstance(x, torch.Tensor):
         return torch.from_numpy(as_float32_matrix(x, dim, what))
-    x = x.detach().to(torch.float32)
-    if x.ndim == 1:
-        x = x[None, :]
-    if x.ndim != 2:
-        raise ValueError(f"{what} must be a 2-D (n, d) array, got shape {tuple(x.shape)}")
-    if dim is not None and x.shape[1] != dim:
-        raise ValueError(f"{what} have dimension {x.shape[1]}, expected {dim}")
+    x = _as_2d(x.detach().to(torch.float32), dim, what)
     bad = ~torch.isfinite(x)
     if bool(bad.any()):
         raise ValueError(f"{what} row {int(bad.nonzero()[0, 0])} holds NaN or inf")

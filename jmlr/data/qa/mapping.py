@@ -1,12 +1,10 @@
 """Generic QA sources: JSONL records or a Hugging Face dataset, read through a field mapping."""
 from __future__ import annotations
 
-import os
-from pathlib import Path
 from typing import Any, Iterable, Mapping
 
 from .._io import check_file, iter_records
-from ..hf import select_split
+from ..hf import load_if_folder, select_split
 from ..types import LETTERS
 from .records import Loaded, _Collector, _options
 
@@ -154,16 +152,8 @@ def _load_hf(src, *, mapping: Mapping | None = None, split: str | None = None, i
     A path to a folder written by ``Dataset.save_to_disk`` is loaded with ``datasets.load_from_disk``.
     Nothing is downloaded: load hub data sets yourself with ``datasets.load_dataset`` first.
     """
-    desc = "hf dataset"
-    if isinstance(src, (str, os.PathLike)):
-        p = Path(src)
-        if not p.is_dir():
-            raise ValueError(f"{p}: format 'hf' expects a datasets.Dataset object or a folder written by "
-                             "save_to_disk; load hub data sets with datasets.load_dataset(...) first")
-        import datasets
-
-        src = datasets.load_from_disk(str(p))
-        desc = f"hf dataset {p}"
+    src, desc = load_if_folder(src, ValueError, "format 'hf' expects a datasets.Dataset object or a folder "
+                               "written by save_to_disk; load hub data sets with datasets.load_dataset(...) first")
     src, desc = select_split(src, split, desc)
     if not hasattr(src, "__iter__"):
         raise ValueError(f"format 'hf' expects a datasets.Dataset (or an iterable of dict records), "
