@@ -23,13 +23,6 @@ def tiny_bert_dir(tmp_path_factory):
 
 
 @pytest.fixture(scope="session")
-def tiny_encoder_dir(tiny_bert_dir):
-    """The old name of ``tiny_bert_dir``, kept for the tests of tests/{index,reader,train} until they switch
-    (use ``tiny_bert_dir`` in new tests: this name suggests ``jmlr.retriever.testing.tiny_encoder_dir``)."""
-    return tiny_bert_dir
-
-
-@pytest.fixture(scope="session")
 def tiny_reader_dir(tmp_path_factory):
     """A 2-layer random Llama with SmolLM2's tokenizer saved as an HF folder (tiny_models.make_tiny_reader)."""
     from tiny_models import make_tiny_reader

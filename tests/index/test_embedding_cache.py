@@ -106,17 +106,17 @@ def trainer(out, enc_dir, reader_dir, corpus):
                         Corpus([Passage(id=i, title="", text=t) for i, t in zip(ids, texts)]), qa, [], progress=False)
 
 
-def test_trainer_uses_the_cache_under_jmlr_cache(tmp_path, tiny_encoder_dir, tiny_reader_dir, corpus, monkeypatch):
+def test_trainer_uses_the_cache_under_jmlr_cache(tmp_path, tiny_bert_dir, tiny_reader_dir, corpus, monkeypatch):
     import jmlr.index.embedding_cache as ec
 
     # the default folder is $JMLR_CACHE/embeddings; only it moves (a fresh JMLR_CACHE would recompile the kernels)
     monkeypatch.setattr(ec, "default_folder", lambda: tmp_path / "cache" / "embeddings")
     assert ec.EmbeddingCache().folder == tmp_path / "cache" / "embeddings"
-    a = trainer(tmp_path / "a", tiny_encoder_dir, tiny_reader_dir, corpus)
+    a = trainer(tmp_path / "a", tiny_bert_dir, tiny_reader_dir, corpus)
     a.setup()
     assert not a.retrieval.refresher.initial_from_cache
     assert len(list((tmp_path / "cache" / "embeddings").glob("*.npy"))) == 1
-    b = trainer(tmp_path / "b", tiny_encoder_dir, tiny_reader_dir, corpus)
+    b = trainer(tmp_path / "b", tiny_bert_dir, tiny_reader_dir, corpus)
     b.setup()
     assert b.retrieval.refresher.initial_from_cache
     assert torch.equal(a.retrieval.refresher.index.embeddings, b.retrieval.refresher.index.embeddings)

@@ -75,10 +75,10 @@ def test_full_lora_config_from_yaml(tiny_reader_dir, tmp_path):
     assert loading.reader_load_kwargs(load_config(None, []).reader) == {"lora": None}  # defaults: unchanged
 
 
-def test_joint_trainer_from_config_passes_reader_keys(tiny_reader_dir, tiny_encoder_dir, tmp_path):
+def test_joint_trainer_from_config_passes_reader_keys(tiny_reader_dir, tiny_bert_dir, tmp_path):
     from jmlr.train.trainer import JointTrainer
 
-    cfg = load_config(None, [f"reader.model={tiny_reader_dir}", f"retriever.model={tiny_encoder_dir}",
+    cfg = load_config(None, [f"reader.model={tiny_reader_dir}", f"retriever.model={tiny_bert_dir}",
                              f"output_dir={tmp_path}", "reader.lora=true", "reader.lora_r=2",
                              "reader.lora_target_modules=q_proj", "reader.lora_dropout=0.05",
                              "reader.attn_implementation=eager", "reader.torch_dtype=fp32", "data.max_train=4"])

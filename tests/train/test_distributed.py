@@ -15,17 +15,17 @@ SCRIPT = HERE / "dist_step_script.py"
 
 
 @pytest.mark.distributed
-def test_two_ranks_match_single_process(tmp_path, tiny_encoder_dir, tiny_reader_dir):
+def test_two_ranks_match_single_process(tmp_path, tiny_bert_dir, tiny_reader_dir):
     torchrun = shutil.which("torchrun", path=str(Path(sys.executable).parent)) or shutil.which("torchrun")
     if torchrun is None:
         pytest.skip("torchrun is not installed next to this Python")
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(HERE)}
     single = tmp_path / "single.pt"
-    r = subprocess.run([sys.executable, str(SCRIPT), tiny_encoder_dir, tiny_reader_dir, str(single), "2"],
+    r = subprocess.run([sys.executable, str(SCRIPT), tiny_bert_dir, tiny_reader_dir, str(single), "2"],
                        env=env, capture_output=True, text=True, timeout=600)
     assert r.returncode == 0, r.stderr[-3000:]
     dist = tmp_path / "dist.pt"
-    r = subprocess.run([torchrun, "--nproc_per_node", "2", "--master_port", str(free_port()), str(SCRIPT), tiny_encoder_dir,
+    r = subprocess.run([torchrun, "--nproc_per_node", "2", "--master_port", str(free_port()), str(SCRIPT), tiny_bert_dir,
                         tiny_reader_dir, str(dist), "1"], env=env, capture_output=True, text=True, timeout=600)
     assert r.returncode == 0, r.stderr[-3000:]
     a, b = torch.load(single), torch.load(dist)

@@ -40,10 +40,10 @@ class _Spy:
         return self.fn(*args, **kwargs)
 
 
-def test_a_loss_declaring_only_loglik_gets_exactly_that(tmp_path, tiny_encoder_dir, tiny_reader_dir, monkeypatch):
+def test_a_loss_declaring_only_loglik_gets_exactly_that(tmp_path, tiny_bert_dir, tiny_reader_dir, monkeypatch):
     monkeypatch.setitem(LOSSES, "loglik_only", LoglikOnlyLoss)
     SEEN.clear()
-    t = make_trainer(tmp_path / "run", tiny_encoder_dir, tiny_reader_dir,
+    t = make_trainer(tmp_path / "run", tiny_bert_dir, tiny_reader_dir,
                      ["optim.steps=2", "loss.name=loglik_only", "refresh.every=0", "retriever.temperature=0.2"])
     spies = {m: _Spy(getattr(t.reader, m)) for m in ("answer_loglik", "concat_loglik", "loo_loglik")}
     for m, spy in spies.items():
@@ -113,8 +113,8 @@ def test_every_registered_loss_declares_reader_needs():
     ("pdist", {"kl", "reader_nll", "target_entropy", "retriever_entropy"}),
     ("jmlr_rank", {"rank", "nll", "pairs", "pair_accuracy"}),
 ])
-def test_the_trainer_logs_the_stats_of_real_losses(tmp_path, tiny_encoder_dir, tiny_reader_dir, loss, stats):
-    t = make_trainer(tmp_path / "run", tiny_encoder_dir, tiny_reader_dir,
+def test_the_trainer_logs_the_stats_of_real_losses(tmp_path, tiny_bert_dir, tiny_reader_dir, loss, stats):
+    t = make_trainer(tmp_path / "run", tiny_bert_dir, tiny_reader_dir,
                      ["optim.steps=1", f"loss.name={loss}", "refresh.every=0"])
     t.train()
     row = next(json.loads(x) for x in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines() if "loss" in x)

@@ -41,12 +41,12 @@ def test_one_process_agrees_with_itself():
     assert all_ranks_agree(True) is True and all_ranks_agree(False) is False
 
 
-def test_trainer_stops_early_and_records_it(tmp_path, tiny_encoder_dir, tiny_reader_dir, monkeypatch):
+def test_trainer_stops_early_and_records_it(tmp_path, tiny_bert_dir, tiny_reader_dir, monkeypatch):
     from test_trainer import make_trainer
 
     import jmlr.train.trainer as trainer_mod
 
-    t = make_trainer(tmp_path / "run", tiny_encoder_dir, tiny_reader_dir, ["optim.steps=8", "optim.max_time_s=3500"])
+    t = make_trainer(tmp_path / "run", tiny_bert_dir, tiny_reader_dir, ["optim.steps=8", "optim.max_time_s=3500"])
     # a clock that advances 1000 "seconds" per reading: begin reads 0, the check before step 1 reads nothing (no
     # step measured yet), the check before step k+1 reads 1000k. Step times come from the real clock (seconds at
     # most), so steps 2, 3 and 4 run (1000, 2000, 3000 s spent) and the check before step 5 (4000 s) stops the loop.
@@ -57,9 +57,9 @@ def test_trainer_stops_early_and_records_it(tmp_path, tiny_encoder_dir, tiny_rea
     assert summary["time_budget"]["stopped_at_step"] == 4 and summary["time_budget"]["planned_steps"] == 8
 
 
-def test_trainer_without_a_budget_runs_every_step(tmp_path, tiny_encoder_dir, tiny_reader_dir):
+def test_trainer_without_a_budget_runs_every_step(tmp_path, tiny_bert_dir, tiny_reader_dir):
     from test_trainer import make_trainer
 
-    t = make_trainer(tmp_path / "run", tiny_encoder_dir, tiny_reader_dir, ["optim.steps=3"])
+    t = make_trainer(tmp_path / "run", tiny_bert_dir, tiny_reader_dir, ["optim.steps=3"])
     summary = t.train()
     assert summary["steps"] == 3 and summary["time_budget"]["stopped_at_step"] is None

@@ -79,7 +79,7 @@ def memory_tracker():
     LOGGER_TYPE_TO_CLASS.pop("memory", None)
 
 
-def test_joint_run_reports_to_trackers_and_writes_curves(tmp_path, tiny_encoder_dir, tiny_reader_dir, memory_tracker):
+def test_joint_run_reports_to_trackers_and_writes_curves(tmp_path, tiny_bert_dir, tiny_reader_dir, memory_tracker):
     from jmlr.reader import Reader
     from jmlr.retriever import DualEncoder
     from jmlr.train.trainer import JointTrainer
@@ -91,7 +91,7 @@ def test_joint_run_reports_to_trackers_and_writes_curves(tmp_path, tiny_encoder_
                              "optim.warmup_steps=0", "optim.precision=fp32", "refresh.probe_size=8",
                              "report_to=[jsonl, memory]"])
     corpus, qa = tiny_data(8)
-    t = JointTrainer(cfg, DualEncoder.from_pretrained(tiny_encoder_dir),
+    t = JointTrainer(cfg, DualEncoder.from_pretrained(tiny_bert_dir),
                      Reader.from_pretrained(tiny_reader_dir, max_length=128), corpus, qa, qa[:2], progress=False)
     t.train()
     (run,) = memory_tracker.runs

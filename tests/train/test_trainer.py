@@ -40,8 +40,8 @@ def make_trainer(tmp_path, enc_dir, reader_dir, overrides=(), data=None):
                         corpus, qa, qa[:4], progress=False)
 
 
-def test_loss_goes_down(tmp_path, tiny_encoder_dir, tiny_reader_dir):
-    t = make_trainer(tmp_path / "run", tiny_encoder_dir, tiny_reader_dir, ["optim.steps=16"])
+def test_loss_goes_down(tmp_path, tiny_bert_dir, tiny_reader_dir):
+    t = make_trainer(tmp_path / "run", tiny_bert_dir, tiny_reader_dir, ["optim.steps=16"])
     summary = t.train()
     losses = summary["losses"]
     assert len(losses) == 16 and all(torch.isfinite(torch.tensor(losses)))
@@ -52,12 +52,12 @@ def test_loss_goes_down(tmp_path, tiny_encoder_dir, tiny_reader_dir):
     assert [r["step"] for r in rows if "loss" in r] == list(range(1, 17))
 
 
-def test_resume_reproduces_recorded_losses(tmp_path, tiny_encoder_dir, tiny_reader_dir):
-    full = make_trainer(tmp_path / "a", tiny_encoder_dir, tiny_reader_dir, ["checkpoint_every=3"])
+def test_resume_reproduces_recorded_losses(tmp_path, tiny_bert_dir, tiny_reader_dir):
+    full = make_trainer(tmp_path / "a", tiny_bert_dir, tiny_reader_dir, ["checkpoint_every=3"])
     ref = full.train()["losses"]
     mid = tmp_path / "a" / "checkpoints" / "step-3"
     assert (mid / ckpt.STATE_FILE).is_file() and (mid / "reader").is_dir() and (mid / "index").is_dir()
-    resumed = make_trainer(tmp_path / "b", tiny_encoder_dir, tiny_reader_dir, [f"resume={mid}"])
+    resumed = make_trainer(tmp_path / "b", tiny_bert_dir, tiny_reader_dir, [f"resume={mid}"])
     out = resumed.train()["losses"]
     assert resumed.history[0]["step"] == 1 and len(out) == 8  # history is restored, then continued
     assert out[:3] == ref[:3]
@@ -65,15 +65,15 @@ def test_resume_reproduces_recorded_losses(tmp_path, tiny_encoder_dir, tiny_read
 
 
 @pytest.mark.parametrize("loss", ["rag_token", "jmlr_rank", "pdist", "emdr2", "lsr", "loop"])
-def test_every_loss_runs_a_step(tmp_path, tiny_encoder_dir, tiny_reader_dir, loss):
-    t = make_trainer(tmp_path, tiny_encoder_dir, tiny_reader_dir, ["optim.steps=2", f"loss.name={loss}",
+def test_every_loss_runs_a_step(tmp_path, tiny_bert_dir, tiny_reader_dir, loss):
+    t = make_trainer(tmp_path, tiny_bert_dir, tiny_reader_dir, ["optim.steps=2", f"loss.name={loss}",
                                                                   "refresh.every=0"])
     losses = t.train()["losses"]
     assert len(losses) == 2 and all(map(lambda v: v == v, losses))
 
 
-def test_query_side_only_mode_keeps_doc_tower_and_index(tmp_path, tiny_encoder_dir, tiny_reader_dir):
-    t = make_trainer(tmp_path, tiny_encoder_dir, tiny_reader_dir, ["optim.steps=3", "retriever.train_docs=false",
+def test_query_side_only_mode_keeps_doc_tower_and_index(tmp_path, tiny_bert_dir, tiny_reader_dir):
+    t = make_trainer(tmp_path, tiny_bert_dir, tiny_reader_dir, ["optim.steps=3", "retriever.train_docs=false",
                                                                   "index.over_retrieve=5", "index.sample_m=2"])
     t.setup()
     doc_before = {k: v.clone() for k, v in t.retriever.doc_model.state_dict().items()}
@@ -84,11 +84,11 @@ def test_query_side_only_mode_keeps_doc_tower_and_index(tmp_path, tiny_encoder_d
     assert t.retrieval.version == 0  # a frozen doc tower never makes the index stale
 
 
-def test_bad_settings_are_refused(tmp_path, tiny_encoder_dir, tiny_reader_dir):
+def test_bad_settings_are_refused(tmp_path, tiny_bert_dir, tiny_reader_dir):
     with pytest.raises(ValueError, match="sample_m"):
-        make_trainer(tmp_path, tiny_encoder_dir, tiny_reader_dir, ["index.sample_m=9"])
+        make_trainer(tmp_path, tiny_bert_dir, tiny_reader_dir, ["index.sample_m=9"])
     with pytest.raises(ValueError, match="empty"):
         corpus, _ = tiny_data()
-        make_trainer(tmp_path, tiny_encoder_dir, tiny_reader_dir, data=(corpus, []))
+        make_trainer(tmp_path, tiny_bert_dir, tiny_reader_dir, data=(corpus, []))
     with pytest.raises(ValueError, match="unknown loss"):
-        make_trainer(tmp_path, tiny_encoder_dir, tiny_reader_dir, ["loss.name=rag_seqence"])
+        make_trainer(tmp_path, tiny_bert_dir, tiny_reader_dir, ["loss.name=rag_seqence"])
