@@ -10,17 +10,14 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
-import json
 import logging
-import types
-import typing
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Optional
 
-from jmlr.core.fields import config_field
+from jmlr.config_checks import validate
+from jmlr.core.fields import coerce, config_field, field_types, is_section
 from jmlr.core.precision import PRECISIONS
-from jmlr.retriever.pooling import POOLINGS
 
 logger = logging.getLogger(__name__)
 _f = config_field  # short local name; other packages import config_field from jmlr.core.fields
@@ -195,19 +192,11 @@ class TrainConfig:
 
 # ----------------------------------------------------------------------------------------------- helpers
 
-def _is_dc(tp) -> bool:
-    return isinstance(tp, type) and dataclasses.is_dataclass(tp)
-
-
-def _hints(cls) -> dict[str, Any]:
-    return typing.get_type_hints(cls)
-
-
 def all_keys(cls=TrainConfig, prefix: str = "") -> list[str]:
     """Every dotted key a config class accepts."""
     keys = []
-    for name, tp in _hints(cls).items():
-        if _is_dc(tp):
+    for name, tp in field_types(cls).items():
+        if is_section(tp):
             keys += all_keys(tp, prefix + name + ".")
         else:
             keys.append(prefix + name)
@@ -239,53 +228,6 @@ def _unknown(key: str, where: str, known: list[str]) -> ValueError:
     return ValueError(f"unknown config key '{key}'{where}{hint}")
 
 
-def _coerce(value: Any, tp, key: str) -> Any:
-    """Convert a YAML value or a command-line string to the field type ``tp``."""
-    origin = typing.get_origin(tp)
-    if origin in (typing.Union, types.UnionType):
-        args = [a for a in typing.get_args(tp) if a is not type(None)]
-        if value is None or (isinstance(value, str) and value.lower() in ("none", "null", "")):
-            return None
-        return _coerce(value, args[0], key)
-    if tp is bool:
-        if isinstance(value, bool):
-            return value
-        if isinstance(value, str) and value.lower() in ("true", "1", "yes", "on"):
-            return True
-        if isinstance(value, str) and value.lower() in ("false", "0", "no", "off"):
-            return False
-        raise ValueError(f"config key '{key}' expects true/false, got {value!r}")
-    if tp in (int, float):
-        if isinstance(value, bool):
-            raise ValueError(f"config key '{key}' expects {tp.__name__}, got {value!r}")
-        try:
-            v = float(value) if tp is float else int(str(value), 0) if isinstance(value, str) else int(value)
-        except (TypeError, ValueError):
-            raise ValueError(f"config key '{key}' expects {tp.__name__}, got {value!r}") from None
-        if tp is int and isinstance(value, float) and value != int(value):
-            raise ValueError(f"config key '{key}' expects an integer, got {value!r}")
-        return v
-    if tp is str:
-        return str(value)
-    if tp is list or origin is list:  # YAML list, or comma-separated on the command line
-        if isinstance(value, str):
-            value = [v.strip() for v in value.split(",") if v.strip()]
-        if not isinstance(value, (list, tuple)):
-            raise ValueError(f"config key '{key}' expects a list (or comma-separated names), got {value!r}")
-        return list(value)
-    if tp is dict or origin is dict:
-        if isinstance(value, str):
-            try:
-                value = json.loads(value)
-            except json.JSONDecodeError:
-                raise ValueError(f"config key '{key}' expects a mapping (JSON on the command line), "
-                                 f"got {value!r}") from None
-        if not isinstance(value, dict):
-            raise ValueError(f"config key '{key}' expects a mapping, got {value!r}")
-        return dict(value)
-    return value
-
-
 def _check_choice(key: str, value: Any, where: str = "") -> Any:
     """Values of keys with a fixed set of choices are checked when set (before any model loads)."""
     if key.rsplit(".", 1)[-1] == "precision":
@@ -297,18 +239,18 @@ def _check_choice(key: str, value: Any, where: str = "") -> Any:
 
 def _apply(obj, mapping: dict, prefix: str, where: str, root=None) -> None:
     root = root or type(obj)
-    hints = _hints(type(obj))
+    hints = field_types(type(obj))
     for k, v in mapping.items():
         key = prefix + str(k)
         if k not in hints:
             raise _unknown(key, where, all_keys(root))
         tp = hints[k]
-        if _is_dc(tp):
+        if is_section(tp):
             if not isinstance(v, dict):
                 raise ValueError(f"config section '{key}'{where} must be a mapping, got {v!r}")
             _apply(getattr(obj, k), v, key + ".", where, root)
         else:
-            setattr(obj, k, _check_choice(key, _coerce(v, tp, key), where))
+            setattr(obj, k, _check_choice(key, coerce(v, tp, key), where))
 
 
 def set_value(cfg: TrainConfig, dotted: str, value: Any) -> None:
@@ -316,16 +258,16 @@ def set_value(cfg: TrainConfig, dotted: str, value: Any) -> None:
     parts = dotted.split(".")
     obj = cfg
     for i, p in enumerate(parts):
-        hints = _hints(type(obj))
+        hints = field_types(type(obj))
         if p not in hints:
             raise _unknown(dotted, "", all_keys(type(cfg)))
         if i == len(parts) - 1:
-            if _is_dc(hints[p]):
+            if is_section(hints[p]):
                 raise ValueError(f"'{dotted}' is a section; set one of its keys, e.g. '{dotted}."
-                                 f"{next(iter(_hints(hints[p])))}=...'")
-            setattr(obj, p, _check_choice(dotted, _coerce(value, hints[p], dotted)))
+                                 f"{next(iter(field_types(hints[p])))}=...'")
+            setattr(obj, p, _check_choice(dotted, coerce(value, hints[p], dotted)))
         else:
-            if not _is_dc(hints[p]):
+            if not is_section(hints[p]):
                 raise _unknown(dotted, "", all_keys(type(cfg)))
             obj = getattr(obj, p)
 
@@ -394,100 +336,9 @@ def describe(cls=TrainConfig, prefix: str = "") -> str:
     lines = []
     inst = cls()
     for f in dataclasses.fields(cls):
-        tp = _hints(cls)[f.name]
-        if _is_dc(tp):
+        tp = field_types(cls)[f.name]
+        if is_section(tp):
             lines.append(describe(tp, prefix + f.name + "."))
         else:
             lines.append(f"  {prefix + f.name:<34} {getattr(inst, f.name)!r:<16} {f.metadata.get('help', '')}")
     return "\n".join(lines)
-
-
-# ----------------------------------------------------------------------------------------------- validation
-
-_CHOICES = {
-    "optim.schedule": ("linear", "cosine", "constant"),
-    "optim.nonfinite": ("skip", "raise", "ignore"),
-    "reader.template": ("jmlr", "chat", "freetext"),
-    "reader.target": ("letter", "letter_text", "option_text"),
-    "index.storage": ("fp32", "fp16", "bf16", "int8", "float32", "float16", "bfloat16"),
-    "data.long_prompts": ("refuse", "truncate"),
-}
-# key -> (lower bound, inclusive?); None values pass for Optional keys.
-_BOUNDS = {
-    "eval_every": (0, True), "checkpoint_every": (0, True), "log_every": (0, True),
-    "data.max_train": (1, True), "data.max_eval": (1, True),
-    "retriever.max_length": (1, True), "retriever.lr": (0, True), "retriever.temperature": (0, False),
-    "reader.max_length": (8, True), "reader.lora_r": (1, True), "reader.lora_alpha": (0, False),
-    "reader.lr": (0, True),
-    "index.top_k": (1, True), "index.over_retrieve": (0, True), "index.sample_m": (0, True),
-    "refresh.every": (0, True), "refresh.probe_size": (1, True),
-    "optim.steps": (1, True), "optim.batch_size": (1, True), "optim.grad_accum": (1, True),
-    "optim.warmup_steps": (0, True), "optim.max_grad_norm": (0, True), "optim.weight_decay": (0, True),
-    "optim.max_time_s": (0, True),
-    "optim.max_nonfinite_skips": (0, True),
-}
-
-
-def _get(cfg, dotted: str):
-    obj = cfg
-    for part in dotted.split("."):
-        obj = getattr(obj, part)
-    return obj
-
-
-def validate(cfg: TrainConfig) -> TrainConfig:
-    """Check every value's range before anything loads; raise one ``ValueError`` naming each bad key.
-
-    >>> validate(load_config(None, ["optim.grad_accum=0"]))  # doctest: +SKIP
-    ValueError: invalid config: optim.grad_accum must be >= 1, got 0
-    """
-    import math
-
-    problems = []
-    for key, (low, inclusive) in _BOUNDS.items():
-        try:
-            v = _get(cfg, key)
-        except AttributeError:
-            continue
-        if v is None:
-            continue
-        if isinstance(v, float) and not math.isfinite(v):
-            problems.append(f"{key} must be a finite number, got {v!r}")
-        elif v < low or (v == low and not inclusive):
-            problems.append(f"{key} must be {'>=' if inclusive else '>'} {low}, got {v!r}")
-    for key, allowed in _CHOICES.items():
-        try:
-            v = _get(cfg, key)
-        except AttributeError:
-            continue
-        if v not in allowed:
-            problems.append(f"{key} must be one of {', '.join(allowed)}, got {v!r}")
-    pooling = cfg.retriever.pooling  # None = the model folder's own; else modes of jmlr.retriever.POOLINGS, '+'-joined
-    if pooling is not None:
-        bad = [m for m in str(pooling).split("+") if m not in POOLINGS]
-        if bad:
-            problems.append(f"retriever.pooling must be one of {', '.join(POOLINGS)} (or several joined by '+'), "
-                            f"got {pooling!r}")
-    if cfg.index.sample_m and cfg.index.sample_m > cfg.index.top_k:
-        problems.append(f"index.sample_m={cfg.index.sample_m} must be in 1..index.top_k={cfg.index.top_k} (0 = off)")
-    if "temperature" in cfg.loss.options:
-        problems.append(f"loss.options.temperature={cfg.loss.options['temperature']!r}: the loss's temperature is "
-                        "retriever.temperature (one temperature for every softmax(s/tau) of the retriever); set "
-                        "retriever.temperature instead")
-    if cfg.dist.strategy == "deepspeed":
-        problems.append("dist.strategy=deepspeed is not supported: use dist.strategy=fsdp (FSDP2 through accelerate; "
-                        "it shards the reader like ZeRO-3) or ddp")
-    elif cfg.dist.strategy not in ("ddp", "fsdp"):
-        problems.append(f"dist.strategy must be one of ddp, fsdp, got {cfg.dist.strategy!r}")
-    st = cfg.refresh.staleness_threshold
-    if st is not None and not 0 < st <= 1:
-        problems.append(f"refresh.staleness_threshold must be in (0, 1], got {st!r}")
-    ce = cfg.refresh.check_every
-    if ce is not None and ce < 1:
-        problems.append(f"refresh.check_every must be >= 1 step between staleness checks (empty = half of "
-                        f"refresh.every), got {ce!r}")
-    if not str(cfg.output_dir).strip():
-        problems.append("output_dir must be a folder path, got ''")
-    if problems:
-        raise ValueError("invalid config: " + "; ".join(problems))
-    return cfg

@@ -53,7 +53,7 @@ def layer(mod: str) -> str:
         return "kernels"
     if parts[1] in COMPONENTS:
         return "components"
-    if parts[1] in ("train", "config"):
+    if parts[1] in ("train", "config", "config_checks"):
         return "recipes"
     raise AssertionError(f"{mod}: no layer assigned; add it to tests/core/test_layering.py")
 
