@@ -285,6 +285,7 @@ class AsyncRefresher(SnapshotBuild, BudgetedRefresh, ProcessWorker):
             "refreshes": len(recs),
             "async_refreshes": sum(r.mode == "async" for r in recs),
             "sync_refreshes": sum(r.mode == "sync" for r in recs),
+            "cancelled": self.cancelled,
             "version": self.version,
             "in_flight": self.in_flight,
             "worker": self.worker,
