@@ -114,10 +114,11 @@ def other_explanations(train, test, corpus) -> tuple[list, list, object, dict, d
 
 
 def load_study_data(name: str, args):
-    """(train, test, corpus, related or None, info) or None when the data set is absent."""
+    """(train, test, corpus, related or None, info), or None (said on stdout) when the data set is absent."""
     base = "medmcqa" if name == "medmcqa_other" else name
     data = jvs.load_dataset(base, args.n_train, args.n_test, args.split_seed)
     if data is None:
+        print(f"[{name}] skipped: {jvs.SHARED} not found", flush=True)
         return None
     train, test, corpus = data
     info, related = {}, None
@@ -282,7 +283,6 @@ def mean_curve(runs: list[dict]) -> list[dict]:
 def run_study(args, name: str, out: Path) -> dict | None:
     data = load_study_data(name, args)
     if data is None:
-        print(f"[{name}] skipped: {jvs.SHARED} not found", flush=True)
         return None
     train, test, corpus, related, info = data
     arms = [a for a in args.arms if not (a == "d_contrastive_then_rag" and not any(q.gold_passage_ids for q in train))]
@@ -399,7 +399,6 @@ def run_sweep(args, name: str, out: Path) -> dict | None:
     """Dev-only grid for one arm; the test split is dropped before anything trains."""
     data = load_study_data(name, args)
     if data is None:
-        print(f"[{name}] skipped: {jvs.SHARED} not found", flush=True)
         return None
     pool, test, corpus, related, info = data
     del test  # never looked at: the choice is made on dev alone
