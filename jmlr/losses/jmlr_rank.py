@@ -4,6 +4,8 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from jmlr.core.sampling import gumbel_top_k
+
 from .base import (
     READER_MODES,
     JointLoss,
@@ -158,13 +160,8 @@ class JMLRRankLoss(JointLoss):
         """
         scores, _, mask = self._prepare(scores, None, mask, need_loglik=False)
         logits = masked_log_softmax(self.normalized_scores(scores, mask) / self.temperature, mask)  # (B, K)
-        u = torch.rand(logits.shape, generator=generator, device=logits.device, dtype=logits.dtype)
-        u = u.clamp(torch.finfo(u.dtype).tiny, 1.0 - torch.finfo(u.dtype).eps)
-        keys = logits - torch.log(-torch.log(u))  # Gumbel perturbation; -inf stays on padding
-        m = min(self.num_samples, scores.shape[1])
-        top = keys.topk(m, dim=-1)
-        idx = top.indices
-        return torch.where(torch.isfinite(top.values), idx, torch.full_like(idx, -1))  # (B, m)
+        keys, idx = gumbel_top_k(logits, min(self.num_samples, scores.shape[1]), generator)  # -inf stays on padding
+        return torch.where(torch.isfinite(keys), idx, torch.full_like(idx, -1))  # (B, m)
 
     def _check_sample_idx(self, sample_idx: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
         B, K = mask.shape

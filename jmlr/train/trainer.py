@@ -24,6 +24,7 @@ from tqdm.auto import tqdm
 
 from jmlr.config import TrainConfig, save_config, to_dict, validate
 from jmlr.core.precision import resolve_precision
+from jmlr.core.sampling import gumbel_top_k
 from jmlr.core.seed import seed_everything
 from jmlr.eval.joint import evaluate_joint
 from jmlr.models import require
@@ -340,9 +341,7 @@ class JointTrainer(CheckpointMixin, DistMixin, NonFiniteGuardMixin):
             emb = self.retrieval.embeddings(cand)  # (B, K, d)
             s = torch.einsum("bd,bkd->bk", q, emb.float().to(q.device)) / self.cfg.retriever.temperature
             g = torch.Generator().manual_seed(self.cfg.seed * 7919 + self.step * 31 + self.rank)
-            u = torch.rand(s.shape, generator=g).clamp(1e-9, 1 - 1e-9).to(s.device)  # CPU generator: same draws anywhere
-            gumbel = -torch.log(-torch.log(u))
-            pick = (s + gumbel).topk(m, dim=1).indices  # (B, m)
+            pick = gumbel_top_k(s, m, g)[1]  # (B, m); a CPU generator: the same draws on any device
         return cand.gather(1, pick.to(cand.device))
 
     def _autocast(self):
