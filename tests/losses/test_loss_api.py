@@ -95,9 +95,33 @@ def test_returns_scalar_and_stats(name):
         assert isinstance(v, torch.Tensor) and not v.requires_grad and v.dim() == 0
     out.backward()
     assert s.grad is not None and torch.isfinite(s.grad).all()
-    for extra in loss_fn.needs.inputs():
-        if extra != "reader_nll":  # jmlr_rank: optional here, its fallback is -loglik of the top candidate
-            assert extra in _extras(name, s, tok)
+
+
+# What each loss reads from the reader, from its paper's definition (written out here, not read from the code):
+# RAG-Sequence, EMDR2, PDist and LSR score one passage per prompt; RAG-Token marginalises per answer token; LOOP
+# compares the reader without each passage; JMLR ranks sampled candidates and trains the reader on all K at once.
+PAPER_NEEDS = {
+    "rag_sequence": ("loglik",), "emdr2": ("loglik",), "pdist": ("loglik",), "lsr": ("loglik",),
+    "rag_token": ("token_logp", "token_mask"), "loop": ("loo_loglik",),
+    "jmlr_rank": ("loglik", "reader_nll", "generator"),
+}
+
+
+@pytest.mark.parametrize("name", ALL)
+def test_needs_match_the_papers(name):
+    needs = get_loss(name).needs
+    expected = PAPER_NEEDS[name]
+    assert needs.loglik == ("loglik" in expected)
+    assert set(needs.inputs()) == set(expected) - {"loglik"}
+
+
+@pytest.mark.parametrize("name", ["rag_token", "loop"])
+def test_missing_needed_input_is_refused(name):
+    s, ll, tok = _inputs()
+    key = PAPER_NEEDS[name][0]
+    ex = {k: v for k, v in _extras(name, s, tok).items() if k != key}
+    with pytest.raises(TypeError, match=key):  # a required keyword of forward(), named by Python
+        get_loss(name)(s, ll, **ex)
 
 
 @pytest.mark.parametrize("name", ALL)

@@ -1,4 +1,4 @@
-"""parse_answer (no fallback letter, ever), prompt templates, mcq_accuracy and evaluate_mcq."""
+"""parse_answer (no fallback letter, ever) and the prompt templates (mcq_accuracy, evaluate_mcq: tests/eval/test_mcq.py)."""
 from __future__ import annotations
 
 import random
@@ -7,7 +7,6 @@ import string
 import pytest
 from conftest import Ex
 
-from jmlr.eval.mcq import evaluate_mcq, mcq_accuracy
 from jmlr.reader import Reader, build_prompt, parse_answer, target_string
 
 OPTS = {"A": "Aspirin", "B": "Heparin", "C": "Warfarin", "D": "None of the above"}
@@ -58,58 +57,6 @@ def test_parse_answer_never_defaults_to_a_letter():
     assert parse_answer("B", {}) is None and parse_answer(None, OPTS) is None
     with pytest.raises(ValueError):
         parse_answer(3, OPTS)
-
-
-def test_mcq_accuracy_counts_unparsed_as_wrong():
-    m = mcq_accuracy(["A", None, "C", None, "B"], ["A", "A", "B", "B", "B"])
-    assert m["n"] == 5 and m["correct"] == 2 and m["accuracy"] == pytest.approx(0.4)
-    assert m["unparsed"] == 2 and m["unparsed_rate"] == pytest.approx(0.4)
-    assert m["confusion"] == {"A": {"A": 1, "unparsed": 1}, "B": {"C": 1, "unparsed": 1, "B": 1}}
-    assert m["pred_counts"] == {"A": 1, "B": 1, "C": 1, "unparsed": 2}
-    assert m["per_letter_accuracy"] == {"A": 0.5, "B": pytest.approx(1 / 3)}
-    # all unparsed: accuracy 0 even though every gold is "A" (a fallback-to-A parser would score 100%)
-    assert mcq_accuracy([None] * 4, ["A"] * 4)["accuracy"] == 0.0
-    with pytest.raises(ValueError, match="2 predictions but 3"):
-        mcq_accuracy(["A", "B"], ["A", "B", "C"])
-    with pytest.raises(ValueError, match="gold answer 1"):
-        mcq_accuracy(["A", "B"], ["A", None])
-    assert mcq_accuracy([], [])["accuracy"] == 0.0
-
-
-class _GarbageReader:
-    """A duck-typed reader whose generations never name an option."""
-
-    def format_prompts(self, examples, passages, reserve_tokens=0):
-        return [ex.question for ex in examples]
-
-    def generate(self, prompts, max_new_tokens=16, batch_size=8):
-        return ["I cannot tell." if i % 2 else "Answer: C" for i, _ in enumerate(prompts)]
-
-
-def test_evaluate_mcq_generate_mode_reports_unparsed():
-    exs = [Ex(f"q{i}?", {"A": "x", "B": "y", "C": "z"}, "A", id=f"id{i}") for i in range(6)]
-    res = evaluate_mcq(_GarbageReader(), exs, mode="generate", batch_size=4, progress=False)
-    assert res["predictions"] == ["C", None, "C", None, "C", None]
-    assert res["accuracy"] == 0.0 and res["unparsed"] == 3
-    assert res["unparsed_ids"] == ["id1", "id3", "id5"]
-    assert res["generations"][1] == "I cannot tell."
-
-
-def test_evaluate_mcq_with_tiny_reader(reader, examples, passages):
-    res = evaluate_mcq(reader, examples, passages, batch_size=2, progress=False)
-    assert res["predictions"] == reader.predict(examples, passages)
-    assert res["accuracy"] == pytest.approx(
-        sum(p == ex.answer for p, ex in zip(res["predictions"], examples)) / 3)
-    assert res["unparsed"] == 0 and res["mode"] == "score"
-    gen = evaluate_mcq(reader, examples, passages, mode="generate", max_new_tokens=4, progress=False)
-    assert len(gen["generations"]) == 3
-    n_none = sum(p is None for p in gen["predictions"])
-    assert gen["unparsed"] == n_none
-    assert gen["correct"] == sum(p == ex.answer for p, ex in zip(gen["predictions"], examples))
-    with pytest.raises(ValueError, match="not one of"):
-        evaluate_mcq(reader, [Ex("q?", {"A": "x"}, "B", id="z")], progress=False)
-    with pytest.raises(ValueError, match="unknown mode"):
-        evaluate_mcq(reader, examples, mode="vote", progress=False)
 
 
 def test_jmlr_template_layout_and_passage_order():

@@ -19,7 +19,10 @@ def test_refresh_benchmark_writes_its_report(tmp_path):
     for key in ("sync_stall_s", "async_stall_s", "stall_ratio", "sync_wall_s", "async_wall_s", "refreshes"):
         assert isinstance(r[key], (int, float)), key
     assert r["refreshes"] == r["async_refreshes"] == 2
-    assert r["stall_ratio"] == r["async_stall_s"] / r["sync_stall_s"]
+    sync = r["variants"]["sync"]
+    assert sync["stall_s"] == r["sync_stall_s"]
+    # a synchronous refresh blocks the loop for its whole re-encode: the sync stall covers every encode
+    assert len(sync["encode_s"]) == 2 and sync["stall_s"] >= sum(sync["encode_s"])
     assert r["config"]["passages"] == 120 and set(r["variants"]) == {"sync", "thread"}
     assert (out / "refresh.png").stat().st_size > 0
     assert "| sync | 2 |" in (out / "refresh.md").read_text()
