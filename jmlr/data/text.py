@@ -6,6 +6,9 @@ from __future__ import annotations
 import re
 import unicodedata
 
+#: one CJK character (kana, CJK ideographs and their extensions A and compatibility forms, Hangul syllables):
+#: scripts written without spaces, so tokenizers take each character as a word
+CJK_CHAR = r"[\u3040-\u30ff\u3400-\u4dbf\u4e00-\u9fff\uac00-\ud7af\uf900-\ufaff]"
 _WS = re.compile(r"\s+")
 _WORD = re.compile(r"\w+")
 

@@ -30,6 +30,8 @@ import unicodedata
 from collections.abc import Sequence
 from typing import Any
 
+from jmlr.data.text import CJK_CHAR
+
 __all__ = ["TOKENIZE", "bleu", "rouge", "generation_metrics", "rouge_tokenizer", "evaluate_generation"]
 
 TOKENIZE = ("default", "char", "zh", "none")
@@ -46,7 +48,7 @@ class _CharTokenizer:
 class _MixedTokenizer:
     """ROUGE tokens = CJK characters one by one, other runs of word characters as lower-cased words."""
 
-    _TOK = re.compile(r"[\u3040-\u30ff\u3400-\u4dbf\u4e00-\u9fff\uac00-\ud7af\uf900-\ufaff]|[^\W_]+")
+    _TOK = re.compile(CJK_CHAR + r"|[^\W_]+")
 
     def tokenize(self, text: str) -> list[str]:
         return self._TOK.findall(text.lower())

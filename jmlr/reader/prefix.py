@@ -110,13 +110,14 @@ def packed_logp(logits: torch.Tensor, batch: PackedBatch, n_cols: int) -> torch.
     return flat.masked_fill(~seen, float("-inf")).view(n, n_cols)
 
 
-def _base(model):
+def unwrap_peft(model):
+    """The transformers model under a peft wrapper (its LoRA layers stay injected); ``model`` when there is none."""
     return model.get_base_model() if hasattr(model, "peft_config") and hasattr(model, "get_base_model") else model
 
 
 def supports_packing(model) -> bool:
     """Whether ``model`` (optionally peft-wrapped) takes ``position_ids`` and a custom 4D attention mask."""
-    base = _base(model)
+    base = unwrap_peft(model)
     impl = getattr(getattr(base, "config", None), "_attn_implementation", None) or "eager"
     return "position_ids" in inspect.signature(base.forward).parameters and impl in MASKABLE_ATTENTION
 
@@ -126,7 +127,7 @@ def packed_forward(model, batch: PackedBatch, n_cols: int) -> torch.Tensor:
     gradient when enabled); only the last ``batch.keep`` positions go through the LM head where the model
     takes ``logits_to_keep``."""
     dev = next(model.parameters()).device
-    params = inspect.signature(_base(model).forward).parameters
+    params = inspect.signature(unwrap_peft(model).forward).parameters
     kwargs = {"input_ids": batch.input_ids.to(dev), "attention_mask": batch.attention_mask.to(dev),
               "position_ids": batch.position_ids.to(dev), "use_cache": False}
     keep_arg = next((n for n in ("logits_to_keep", "num_logits_to_keep") if n in params), None)

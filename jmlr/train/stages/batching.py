@@ -12,6 +12,8 @@ from __future__ import annotations
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 
+from jmlr.reader.prefix import unwrap_peft
+
 __all__ = ["IGNORE_INDEX", "right_pad", "sequence_logps", "StepBatch", "epoch_batches", "IndexedBatches",
            "ScheduledBatches", "StreamBatches"]
 
@@ -46,11 +48,6 @@ def right_pad(seqs: Sequence[Sequence[int]], labels: Sequence[Sequence[int]] | N
     return out
 
 
-def _unwrap(model):
-    """The transformers model under a peft wrapper (LoRA layers stay injected in it)."""
-    return model.get_base_model() if hasattr(model, "peft_config") and hasattr(model, "get_base_model") else model
-
-
 def sequence_logps(model, input_ids, attention_mask, labels, full_logits: bool = False, position_ids=None):
     """Per-sequence ``sum log p(token)`` over the labelled positions, and the number of those positions.
 
@@ -73,7 +70,7 @@ def sequence_logps(model, input_ids, attention_mask, labels, full_logits: bool =
     tgt = labels[:, 1:]  # (B, L-1): token t+1 predicted from position t
     sel = tgt != IGNORE_INDEX  # (B, L-1)
     B = input_ids.shape[0]
-    lm = _unwrap(model)
+    lm = unwrap_peft(model)
     body = lm.get_decoder() if hasattr(lm, "get_decoder") else None
     head = lm.get_output_embeddings() if hasattr(lm, "get_output_embeddings") else None
     extra = {} if position_ids is None else {"position_ids": position_ids}

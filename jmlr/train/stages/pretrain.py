@@ -40,6 +40,7 @@ from typing import Any
 
 from jmlr.core.fields import config_field as _f
 from jmlr.data.hf import is_hf_dataset, text_column as hf_text_column
+from jmlr.reader.prefix import unwrap_peft
 
 from .batching import IGNORE_INDEX, StepBatch, StreamBatches, sequence_logps
 from .config import StageModelConfig, StageOptimConfig, StageRunConfig, save_stage_config
@@ -144,7 +145,7 @@ def document_attention(model, position_ids, mode: str = "auto") -> dict:
 
     if mode not in ("auto", "mask"):
         raise ValueError(f"mode must be 'auto' or 'mask', got {mode!r}")
-    lm = model.get_base_model() if hasattr(model, "get_base_model") else model
+    lm = unwrap_peft(model)
     impl = str(getattr(getattr(lm, "config", None), "_attn_implementation", "eager") or "eager")
     if mode == "auto":
         if impl.startswith("flash_attention"):

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import re
 
-from jmlr.data.text import words
+from jmlr.data.text import CJK_CHAR, words
 
 from .qgen_parse import ParsedMCQ, _resolve_answer
 
@@ -18,7 +18,7 @@ being it its this that these those as than then which who whom whose what when w
 has have had having can could may might must shall should will would very more most less least such same other
 into onto over under after before about above below between during per via each any all both either neither
 only also there their they them he she his her him i we you your our us one""".split())
-_CJK = re.compile(r"[\u3040-\u30ff\u3400-\u4dbf\u4e00-\u9fff\uac00-\ud7af\uf900-\ufaff]")
+_CJK = re.compile(CJK_CHAR)
 
 
 def _tokens(text: str) -> list[str]:
