@@ -73,7 +73,9 @@ def check_prompt_lengths(reader, examples: list, cfg: TrainConfig, split: str) -
     limit = int(getattr(reader, "max_length", 0) or 0)
     if not examples or tok is None or limit <= 0 or not hasattr(reader, "build_prompt"):
         return examples
-    K = cfg.index.top_k
+    # the passages one prompt holds: index.sample_m of the top_k in training when JMLR's sampling is on, top_k
+    # when evaluating
+    K = cfg.index.sample_m if split == "train" and 0 < cfg.index.sample_m < cfg.index.top_k else cfg.index.top_k
     cap = 32 * limit  # characters: a prefix this long that already overflows needs no full tokenisation
 
     def count(texts: list[str]) -> list[int]:
