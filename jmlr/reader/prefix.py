@@ -110,9 +110,14 @@ def packed_logp(logits: torch.Tensor, batch: PackedBatch, n_cols: int) -> torch.
     return flat.masked_fill(~seen, float("-inf")).view(n, n_cols)
 
 
+def is_peft_model(model) -> bool:
+    """Whether ``model`` is wrapped by peft (it has a ``peft_config`` and a ``get_base_model``)."""
+    return hasattr(model, "peft_config") and hasattr(model, "get_base_model")
+
+
 def unwrap_peft(model):
     """The transformers model under a peft wrapper (its LoRA layers stay injected); ``model`` when there is none."""
-    return model.get_base_model() if hasattr(model, "peft_config") and hasattr(model, "get_base_model") else model
+    return model.get_base_model() if is_peft_model(model) else model
 
 
 def supports_packing(model) -> bool:

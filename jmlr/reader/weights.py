@@ -27,6 +27,7 @@ from jmlr.core.fs import atomic_dir
 from jmlr.models import resolve
 
 from .loading import check_quantization, is_sharded, load_full_state_dict, quantization_config
+from .prefix import is_peft_model, unwrap_peft
 
 __all__ = ["WeightsMixin", "READER_CONFIG_NAME"]
 
@@ -205,12 +206,12 @@ class WeightsMixin:
     @property
     def is_peft(self) -> bool:
         """Whether the model is wrapped by peft."""
-        return hasattr(self.model, "peft_config") and hasattr(self.model, "get_base_model")
+        return is_peft_model(self.model)
 
     @property
     def base_model(self):
         """The transformers model itself: :attr:`model` without peft's wrapper (``model`` when there is none)."""
-        return self.model.get_base_model() if self.is_peft else self.model
+        return unwrap_peft(self.model)
 
     def trainable_parameters(self) -> list[torch.nn.Parameter]:
         """The parameters that require gradients (the adapters only, with LoRA)."""
