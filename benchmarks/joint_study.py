@@ -64,8 +64,9 @@ ARMS = ["a_sft_closed_book", "b_pretrain_then_sft", "c_frozen_rag", "d_contrasti
 CLOSED_BOOK = ("a_sft_closed_book", "b_pretrain_then_sft")
 COMPARISONS = [("e_joint_rag_sequence", "c_frozen_rag"), ("f_joint_jmlr_rank", "c_frozen_rag"),
                ("g_joint_pdist", "c_frozen_rag"), ("f_joint_jmlr_rank", "h_jmlr_as_released"),
-               ("e_joint_rag_sequence", "i_joint_query_side")]
-"""The issue's key comparisons: (e)/(f)/(g) against (c), (f) against (h), (e) against (i)."""
+               ("e_joint_rag_sequence", "i_joint_query_side"), ("i_joint_query_side", "c_frozen_rag")]
+"""The issue's key comparisons: (e)/(f)/(g) against (c), (f) against (h), (e) against (i); and (i) against (c),
+whether training the query tower alone beats leaving the retriever frozen."""
 DATASETS = ("demo", "medmcqa", "medmcqa_other")
 
 
