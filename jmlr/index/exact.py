@@ -7,7 +7,7 @@ from pathlib import Path
 
 import numpy as np
 
-from jmlr.core.fs import atomic_dir
+from jmlr.core.fs import atomic_dir, release_pages
 from jmlr.kernels.topk import QuantizedDocs, quantize, topk
 
 from .base import IDS_NAME, META_NAME, BaseIndex, as_float32_tensor
@@ -246,7 +246,9 @@ class ExactIndex(BaseIndex):
         ``dtype``: ``int8`` (per-row scales), ``bfloat16`` or ``float16`` storage. ``rerank``: ``"none"``,
         ``"copy"`` (the float32 rows are copied next to the storage, for the exact rerank) or ``"link"``
         (a hard link to ``source``'s ``.npy`` file when on the same filesystem, else a copy). Peak memory is
-        one chunk plus the ids. The folder is written atomically; open it with ``load_index(directory)``.
+        one chunk plus the ids: the pages the pass touches in ``source`` and in the written files are released
+        from the process's RSS after each chunk (:func:`jmlr.core.fs.release_pages`). The folder is written
+        atomically; open it with ``load_index(directory)``.
         """
         import os
 
@@ -284,6 +286,7 @@ class ExactIndex(BaseIndex):
             rer = (np.lib.format.open_memmap(tmp / RERANK_NAME, mode="w+", shape=(N, d), dtype=np.float32)
                    if rerank != "none" and not linked else None)
             for s in range(0, N, chunk_rows):
+                release_pages(source, store, scales, rer)  # the previous chunk's pages leave the RSS
                 blk = np.array(source[s:s + chunk_rows], dtype=np.float32)  # (n, d): one chunk in RAM (a copy)
                 qd = quantize(torch.from_numpy(blk), _KERNEL_NAMES[dtype], keep_fp32=False)
                 data = qd.data.view(torch.int16) if dtype == "bfloat16" else qd.data
@@ -295,6 +298,7 @@ class ExactIndex(BaseIndex):
             for arr in (store, scales, rer):
                 if arr is not None:
                     arr.flush()
+            release_pages(source, store, scales, rer)
             del store, scales, rer
             (tmp / IDS_NAME).write_text(json.dumps(ids))
             meta = idx.meta()
