@@ -101,6 +101,10 @@ def parse_args(argv=None):
     p.add_argument("--hnsw-max-n", type=int, default=3_000_000, help="largest N that builds HNSW (default 3M)")
     p.add_argument("--time-per-shape", type=float, default=None, help="seconds of repeats per search shape "
                    "(default 5; quick 1)")
+    p.add_argument("--nprobe-sweep", default=None, help="comma-separated nprobe values the IVF kinds are also "
+                   "searched at, on the same built index (default 128,512,1024; quick none)")
+    p.add_argument("--pq-candidates-sweep", default=None, help="comma-separated candidate counts for "
+                   f"faiss_ivf_pq_rerank's sweep (default {PQ_CANDIDATES},400; quick none)")
     p.add_argument("--chunk", type=int, default=262_144, help="rows per generator / reader chunk")
     p.add_argument("--real-n", type=int, default=None, help="real MiniLM passages (default 100000, quick 3000; "
                    "0 = skip); capped by what ../shared/data holds")
@@ -118,6 +122,17 @@ def parse_args(argv=None):
     args.queries = args.queries or (200 if args.quick else 1000)
     args.time_per_shape = args.time_per_shape or (1.0 if args.quick else 5.0)
     args.real_n = (3000 if args.quick else 100_000) if args.real_n is None else args.real_n
+    def ints(text, default):
+        try:
+            vals = sorted({int(x) for x in (default if text is None else text).split(",") if x.strip()})
+        except ValueError:
+            p.error(f"expected comma-separated integers, got {text!r}")
+        if any(v < 1 for v in vals):
+            p.error(f"sweep values must be positive, got {vals}")
+        return vals
+
+    args.nprobe_sweep = ints(args.nprobe_sweep, "" if args.quick else "128,512,1024")
+    args.pq_candidates_sweep = ints(args.pq_candidates_sweep, "" if args.quick else f"{PQ_CANDIDATES},400")
     args.kinds = [k.strip() for k in args.kinds.split(",") if k.strip()]
     bad = [k for k in args.kinds if k not in KINDS]
     if bad:
@@ -209,27 +224,18 @@ def write_store(path: Path, gen: Generator, chunk: int) -> None:
     """Generate the N x d store chunk by chunk into a float32 .npy (atomic: a temporary name, then rename)."""
     import numpy as np
 
+    from jmlr.core.fs import release_pages
+
     tmp = path.with_suffix(".tmp.npy")
     mm = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.float32, shape=(gen.N, gen.d))
     for c, s in enumerate(range(0, gen.N, chunk)):
         rows = min(chunk, gen.N - s)
         mm[s:s + rows] = gen.chunk(c, rows)
         if c % 8 == 7:
-            mm.flush()
-            _drop_pages(mm)
+            release_pages(mm)
     mm.flush()
     del mm
     os.replace(tmp, path)
-
-
-def _drop_pages(mm) -> None:
-    """Tell the kernel the written pages of ``mm`` may leave this process's RSS (they stay in the page cache)."""
-    import mmap as _mmap
-
-    try:
-        mm._mmap.madvise(_mmap.MADV_DONTNEED)  # clean (flushed) file pages: dropped from RSS, not lost
-    except (AttributeError, OSError, ValueError):
-        pass
 
 
 def iter_rows(path: Path, chunk: int):
@@ -393,6 +399,7 @@ def _ivf_centroids(store: Path, N: int, d: int, out: Path, seed: int) -> tuple[P
     import faiss
     import numpy as np
 
+    from jmlr.core.fs import release_pages
     from jmlr.index.faiss_index import default_nlist
 
     if out.is_file():
@@ -405,6 +412,7 @@ def _ivf_centroids(store: Path, N: int, d: int, out: Path, seed: int) -> tuple[P
     mm = np.load(store, mmap_mode="r")
     t0 = time.perf_counter()
     x = np.ascontiguousarray(mm[rows], dtype=np.float32)
+    release_pages(mm)  # the sampled rows' pages (and the kernel's read-around) leave the RSS
     km = faiss.Kmeans(d, nlist, niter=KMEANS["niter"], seed=seed, spherical=True,
                       max_points_per_centroid=KMEANS["points_per_list"] + 1, verbose=False)
     km.train(x)
@@ -490,7 +498,12 @@ def child(kind: str, info: dict, args) -> dict:
                 rng = np.random.default_rng(args.seed + 1)
                 rows = np.sort(rng.choice(N, size=min(N, 65_536), replace=False))
                 tp = time.perf_counter()
-                index.train(np.ascontiguousarray(np.load(store, mmap_mode="r")[rows]))  # PQ codebooks (lists fixed)
+                from jmlr.core.fs import release_pages
+
+                src = np.load(store, mmap_mode="r")
+                sample = np.ascontiguousarray(src[rows])
+                release_pages(src)
+                index.train(sample)  # PQ codebooks (the lists are fixed)
                 train_s += time.perf_counter() - tp
                 row["pq_m"] = m
             if kind == "faiss_ivf_flat":
@@ -505,14 +518,16 @@ def child(kind: str, info: dict, args) -> dict:
         disk = dir_bytes(fb)
         fb.unlink()
         mm = np.load(store, mmap_mode="r") if kind == "faiss_ivf_pq_rerank" else None
-        kk = PQ_CANDIDATES if kind == "faiss_ivf_pq_rerank" else K
+        cands = {"k": PQ_CANDIDATES if kind == "faiss_ivf_pq_rerank" else K}
+        if kind == "faiss_ivf_pq_rerank":
+            row["pq_candidates"] = PQ_CANDIDATES
 
         def search(qb):
             if kind == "faiss_flat_blas":
                 faiss.cvar.distance_compute_blas_threshold = 0
             elif kind == "faiss_flat_default":
                 faiss.cvar.distance_compute_blas_threshold = row["blas_threshold"]
-            _, ids = index.search(qb, kk)
+            _, ids = index.search(qb, cands["k"])
             if mm is None:
                 return ids
             return _rerank_rows(mm, qb, ids, K)
@@ -529,6 +544,25 @@ def child(kind: str, info: dict, args) -> dict:
                threads=args.threads)
     if kind == "faiss_flat_default":
         row["b_times_d"] = {"b1": d, "b32": 32 * d}  # faiss compares B*d with blas_threshold
+    if kind in IVF_KINDS and args.nprobe_sweep:  # the same built index at other search settings
+        from jmlr.core.fs import release_pages
+
+        counts = args.pq_candidates_sweep if kind == "faiss_ivf_pq_rerank" and args.pq_candidates_sweep else [
+            cands["k"]]
+        row["sweep"] = []
+        for nprobe in args.nprobe_sweep:
+            for c in counts:
+                index.nprobe, cands["k"] = nprobe, c
+                found = np.concatenate([search(queries[s:s + 32]) for s in range(0, len(queries), 32)])
+                pt = {"nprobe": nprobe, "candidates": c,
+                      "recall_at_10": float(np.mean([len(set(a.tolist()) & set(b.tolist())) / K
+                                                     for a, b in zip(found, gt)])),
+                      "search_s_b1": _time_search(search, queries, 1, min(1.0, args.time_per_shape)),
+                      "search_s_b32": _time_search(search, queries, 32, min(1.0, args.time_per_shape))}
+                if mm is not None:
+                    release_pages(mm)  # each point's rerank pages are its own
+                row["sweep"].append(pt)
+        row["sweep_peak_rss_gib"] = peak_rss_bytes() / GIB
     return row
 
 
@@ -558,13 +592,29 @@ def run_kind(kind: str, info: dict, args) -> dict:
         return {**base, "skipped": f"N > --hnsw-max-n {args.hnsw_max_n} (build time)"}
     cmd = [sys.executable, __file__, "--child", kind, "--store", json.dumps(info), "--out", args.out,
            "--threads", str(args.threads), "--time-per-shape", str(args.time_per_shape), "--chunk", str(args.chunk),
-           "--queries", str(args.queries), "--seed", str(args.seed)]
+           "--queries", str(args.queries), "--seed", str(args.seed),
+           "--nprobe-sweep", ",".join(map(str, args.nprobe_sweep)),
+           "--pq-candidates-sweep", ",".join(map(str, args.pq_candidates_sweep))]
     res = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT, env={**os.environ, "PYTHONPATH": str(ROOT)})
     if res.returncode != 0:
         return {**base, "skipped": f"failed (exit {res.returncode}): {res.stderr.strip().splitlines()[-1:]}"}
     row = json.loads(res.stdout.strip().splitlines()[-1])
     row["estimated_gib"] = est
     return row
+
+
+def sweep_rows(row: dict) -> list[dict]:
+    """One row per (nprobe, candidates) point of an IVF kind's sweep: the same index (build, disk, RSS), marked
+    ``sweep_point``; the row at the kind's default parameters comes first and is the one the plot uses."""
+    out = []
+    for pt in row.get("sweep", []):
+        r = {k: v for k, v in row.items() if k != "sweep"}
+        r.update(pt, sweep_point=True, params={**row.get("params", {}), "nprobe": pt["nprobe"]},
+                 peak_rss_gib=row.get("sweep_peak_rss_gib", row["peak_rss_gib"]))
+        if row["kind"] == "faiss_ivf_pq_rerank":
+            r["pq_candidates"] = pt["candidates"]
+        out.append(r)
+    return out
 
 
 def plot(path: Path, rows: list[dict]) -> None:
@@ -574,7 +624,7 @@ def plot(path: Path, rows: list[dict]) -> None:
     for ax, key, B in ((axes[0], "search_s_b1", 1), (axes[1], "search_s_b32", 32)):
         for kind in KINDS:
             pts = sorted((r["N"], r[key]) for r in rows if r["kind"] == kind and r.get(key)
-                         and r["data"] == "synthetic")
+                         and r["data"] == "synthetic" and not r.get("sweep_point"))
             if pts:
                 ax.plot([p[0] for p in pts], [p[1] for p in pts], marker="o",
                         ls="-" if kind.startswith("exact") or "flat_" in kind else "--", label=kind)
@@ -622,7 +672,8 @@ def main(argv=None) -> int:
               file=sys.stderr, flush=True)
         for kind in args.kinds:
             row = run_kind(kind, info, args)
-            rows.append(row)
+            rows.append({k: v for k, v in row.items() if k != "sweep"})
+            rows.extend(sweep_rows(row))
             if "skipped" in row:
                 print(f"  {kind:22s} skipped: {row['skipped']}", file=sys.stderr, flush=True)
             else:
@@ -632,13 +683,16 @@ def main(argv=None) -> int:
                       file=sys.stderr, flush=True)
         if not args.keep_work and what == "synthetic" and N >= 1_000_000:
             shutil.rmtree(Path(info["store"]).parent, ignore_errors=True)  # 1.5-15 GB each
-    payload = {"benchmark": "index_scale", "k": K, "rerank_k": RERANK_K, "nprobe": NPROBE, "hnsw": HNSW,
+    for r in rows:
+        r.setdefault("nprobe", (r.get("params") or {}).get("nprobe"))
+    payload = {"benchmark": "index_scale", "k": K, "rerank_k": RERANK_K, "nprobe": NPROBE,
+               "nprobe_sweep": args.nprobe_sweep, "pq_candidates_sweep": args.pq_candidates_sweep, "hnsw": HNSW,
                "kmeans": KMEANS, "pq_candidates": PQ_CANDIDATES, "quick": args.quick, "sizes": args.sizes,
                "queries": args.queries, "threads": args.threads, "max_rss_gib": args.max_rss_gib,
                "faiss": faiss.__version__, "faiss_default_blas_threshold": int(faiss.cvar.distance_compute_blas_threshold),
                "datasets": datasets, "rows": rows, "total_s": time.perf_counter() - t_all, "machine": machine_info()}
     write_json(out / "index_scale.json", payload)
-    cols = ["data", "kind", "N", "recall_at_10", "build_s", "search_s_b1", "search_s_b32", "peak_rss_gib",
+    cols = ["data", "kind", "N", "nprobe", "pq_candidates", "recall_at_10", "build_s", "search_s_b1", "search_s_b32", "peak_rss_gib",
             "disk_bytes", "skipped"]
     notes = ("Synthetic: clustered, anisotropic unit vectors (see the module docstring); queries are noisy copies of "
              f"random rows. {args.queries} queries per N; recall@10 against exact fp32 top-10 computed by a chunked "

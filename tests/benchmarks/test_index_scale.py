@@ -36,7 +36,7 @@ def test_quick_mode_writes_rows_for_every_kind(tmp_path):
     out = tmp_path / "out"
     r = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "index_scale.py"), "--quick", "--sizes", "4000",
                         "--dim", "32", "--queries", "40", "--real-n", "0", "--time-per-shape", "0.05",
-                        "--out", str(out)], capture_output=True, text=True, timeout=900)
+                        "--nprobe-sweep", "1,4,64", "--pq-candidates-sweep", "10,40", "--out", str(out)], capture_output=True, text=True, timeout=900)
     assert r.returncode == 0, r.stderr[-3000:]
     res = json.loads((out / "index_scale.json").read_text())
     from benchmarks.index_scale import KINDS
@@ -52,6 +52,17 @@ def test_quick_mode_writes_rows_for_every_kind(tmp_path):
             assert row["recall_at_10"] == 1.0
         if row["kind"].startswith("exact_") and row["kind"].endswith("rerank"):
             assert row["recall_at_10"] >= 0.99 and row["store_is_memmap"]
+    # the IVF kinds were also searched at the swept nprobe values, on the same built index
+    for kind in ("faiss_ivf_flat", "faiss_ivf_pq", "faiss_ivf_pq_rerank"):
+        pts = [row for row in res["rows"] if row["kind"] == kind and row.get("sweep_point")]
+        want = {(n, c) for n in (1, 4, 64) for c in ((10, 40) if kind == "faiss_ivf_pq_rerank" else (None,))}
+        assert {(row["nprobe"], row.get("pq_candidates")) for row in pts} == want, kind
+        base = next(row for row in res["rows"] if row["kind"] == kind and not row.get("sweep_point"))
+        assert base["nprobe"] == 32 and all(row["build_s"] == base["build_s"] for row in pts)
+    ivf = sorted((row["nprobe"], row["recall_at_10"]) for row in res["rows"]
+                 if row["kind"] == "faiss_ivf_flat" and row.get("sweep_point"))
+    assert [r for _, r in ivf] == sorted(r for _, r in ivf), "IVF-Flat: probing more lists never loses a neighbour"
+    assert ivf[0][1] < ivf[-1][1], "one list of 253 misses neighbours that 64 lists find"
     flat = [row for row in res["rows"] if row["kind"] == "faiss_flat_default"]
     assert all(row["blas_threshold"] == res["faiss_default_blas_threshold"] for row in flat)
     assert (out / "index_scale.png").stat().st_size > 1000 and "exact_int8_rerank" in (out / "index_scale.md").read_text()
