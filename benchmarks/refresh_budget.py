@@ -158,7 +158,7 @@ def retriever_run(args) -> dict:
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
-        losses.append(float(loss))
+        losses.append(float(loss.detach()))
         due = [k for k, period in (("budget", args.every), ("full_equal", args.full_period),
                                    ("full_every_r", args.every)) if step % period == 0]
         if step % args.every == 0:
