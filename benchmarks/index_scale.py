@@ -68,6 +68,8 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from jmlr.core.fs import release_pages  # noqa: E402
+
 KINDS = ("exact_fp32", "exact_int8_rerank", "exact_bf16_rerank", "faiss_flat_default", "faiss_flat_blas",
          "faiss_ivf_flat", "faiss_ivf_pq", "faiss_ivf_pq_rerank", "faiss_hnsw")
 IVF_KINDS = ("faiss_ivf_flat", "faiss_ivf_pq", "faiss_ivf_pq_rerank")
@@ -223,8 +225,6 @@ class Generator:
 def write_store(path: Path, gen: Generator, chunk: int) -> None:
     """Generate the N x d store chunk by chunk into a float32 .npy (atomic: a temporary name, then rename)."""
     import numpy as np
-
-    from jmlr.core.fs import release_pages
 
     tmp = path.with_suffix(".tmp.npy")
     mm = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.float32, shape=(gen.N, gen.d))
@@ -399,7 +399,6 @@ def _ivf_centroids(store: Path, N: int, d: int, out: Path, seed: int) -> tuple[P
     import faiss
     import numpy as np
 
-    from jmlr.core.fs import release_pages
     from jmlr.index.faiss_index import default_nlist
 
     if out.is_file():
@@ -498,8 +497,6 @@ def child(kind: str, info: dict, args) -> dict:
                 rng = np.random.default_rng(args.seed + 1)
                 rows = np.sort(rng.choice(N, size=min(N, 65_536), replace=False))
                 tp = time.perf_counter()
-                from jmlr.core.fs import release_pages
-
                 src = np.load(store, mmap_mode="r")
                 sample = np.ascontiguousarray(src[rows])
                 release_pages(src)
@@ -532,10 +529,15 @@ def child(kind: str, info: dict, args) -> dict:
                 return ids
             return _rerank_rows(mm, qb, ids, K)
     build_s = time.perf_counter() - t0  # IVF: includes PQ training; the shared k-means is added below
+
+    def recall_at_10() -> float:
+        """Recall@10 of ``search`` over all queries (batches of 32) against the exact fp32 top-10."""
+        found = np.concatenate([search(queries[s:s + 32]) for s in range(0, len(queries), 32)])  # (Q, k)
+        return float(np.mean([len(set(a.tolist()) & set(b.tolist())) / K for a, b in zip(found, gt)]))
+
     t1 = time.perf_counter()
-    found = np.concatenate([search(queries[s:s + 32]) for s in range(0, len(queries), 32)])  # (Q, k)
+    recall = recall_at_10()
     first_pass_s = time.perf_counter() - t1
-    recall = float(np.mean([len(set(a.tolist()) & set(b.tolist())) / K for a, b in zip(found, gt)]))
     row.update(recall_at_10=recall, build_s=build_s + kmeans_cached, train_s=train_s,
                all_queries_s=first_pass_s,
                search_s_b1=_time_search(search, queries, 1, args.time_per_shape),
@@ -545,18 +547,13 @@ def child(kind: str, info: dict, args) -> dict:
     if kind == "faiss_flat_default":
         row["b_times_d"] = {"b1": d, "b32": 32 * d}  # faiss compares B*d with blas_threshold
     if kind in IVF_KINDS and args.nprobe_sweep:  # the same built index at other search settings
-        from jmlr.core.fs import release_pages
-
         counts = args.pq_candidates_sweep if kind == "faiss_ivf_pq_rerank" and args.pq_candidates_sweep else [
             cands["k"]]
         row["sweep"] = []
         for nprobe in args.nprobe_sweep:
             for c in counts:
                 index.nprobe, cands["k"] = nprobe, c
-                found = np.concatenate([search(queries[s:s + 32]) for s in range(0, len(queries), 32)])
-                pt = {"nprobe": nprobe, "candidates": c,
-                      "recall_at_10": float(np.mean([len(set(a.tolist()) & set(b.tolist())) / K
-                                                     for a, b in zip(found, gt)])),
+                pt = {"nprobe": nprobe, "candidates": c, "recall_at_10": recall_at_10(),
                       "search_s_b1": _time_search(search, queries, 1, min(1.0, args.time_per_shape)),
                       "search_s_b32": _time_search(search, queries, 32, min(1.0, args.time_per_shape))}
                 if mm is not None:
@@ -692,8 +689,8 @@ def main(argv=None) -> int:
                "faiss": faiss.__version__, "faiss_default_blas_threshold": int(faiss.cvar.distance_compute_blas_threshold),
                "datasets": datasets, "rows": rows, "total_s": time.perf_counter() - t_all, "machine": machine_info()}
     write_json(out / "index_scale.json", payload)
-    cols = ["data", "kind", "N", "nprobe", "pq_candidates", "recall_at_10", "build_s", "search_s_b1", "search_s_b32", "peak_rss_gib",
-            "disk_bytes", "skipped"]
+    cols = ["data", "kind", "N", "nprobe", "pq_candidates", "recall_at_10", "build_s", "search_s_b1", "search_s_b32",
+            "peak_rss_gib", "disk_bytes", "skipped"]
     notes = ("Synthetic: clustered, anisotropic unit vectors (see the module docstring); queries are noisy copies of "
              f"random rows. {args.queries} queries per N; recall@10 against exact fp32 top-10 computed by a chunked "
              f"scan. Each kind runs in a fresh subprocess ({args.threads} threads). faiss {faiss.__version__}, default "

@@ -295,10 +295,7 @@ class ExactIndex(BaseIndex):
                     scales[s:s + len(blk)] = qd.scales.numpy()
                 if rer is not None:
                     rer[s:s + len(blk)] = blk
-            for arr in (store, scales, rer):
-                if arr is not None:
-                    arr.flush()
-            release_pages(source, store, scales, rer)
+            release_pages(source, store, scales, rer)  # flushes the written maps, then drops their pages
             del store, scales, rer
             (tmp / IDS_NAME).write_text(json.dumps(ids))
             meta = idx.meta()
