@@ -640,19 +640,51 @@ def plot(path: Path, rows: list[dict]) -> None:
     fig.savefig(path, dpi=110)
 
 
+COLS = ["data", "kind", "N", "nprobe", "pq_candidates", "recall_at_10", "build_s", "search_s_b1", "search_s_b32",
+        "peak_rss_gib", "disk_bytes", "skipped"]
+
+
+def write_results(out: Path, args, datasets: list, rows: list, total_s: float, complete: bool) -> dict:
+    """Write OUT/index_scale.{json,md,png} from the rows so far (called after every kind, so a run that dies or is
+    stopped keeps what it measured; ``complete`` is False until the last kind)."""
+    import faiss
+
+    from benchmarks._report import machine_info, write_json, write_markdown
+
+    for r in rows:
+        r.setdefault("nprobe", (r.get("params") or {}).get("nprobe"))
+    payload = {"benchmark": "index_scale", "k": K, "rerank_k": RERANK_K, "nprobe": NPROBE,
+               "nprobe_sweep": args.nprobe_sweep, "pq_candidates_sweep": args.pq_candidates_sweep, "hnsw": HNSW,
+               "kmeans": KMEANS, "pq_candidates": PQ_CANDIDATES, "quick": args.quick, "sizes": args.sizes,
+               "queries": args.queries, "threads": args.threads, "max_rss_gib": args.max_rss_gib,
+               "faiss": faiss.__version__, "faiss_default_blas_threshold": int(faiss.cvar.distance_compute_blas_threshold),
+               "datasets": datasets, "rows": rows, "total_s": total_s, "complete": complete,
+               "machine": machine_info()}
+    write_json(out / "index_scale.json", payload)
+    notes = ("Synthetic: clustered, anisotropic unit vectors (see the module docstring); queries are noisy copies of "
+             f"random rows. {args.queries} queries per N; recall@10 against exact fp32 top-10 computed by a chunked "
+             f"scan. Each kind runs in a fresh subprocess ({args.threads} threads). faiss {faiss.__version__}, default "
+             f"distance_compute_blas_threshold {payload['faiss_default_blas_threshold']} (faiss_flat_default) vs 0 "
+             "(faiss_flat_blas). search_s_* = median seconds per batch.\n\nDatasets: "
+             + "; ".join(f"{d.get('data')} N={d.get('N')}: pair cos {d.get('pair_cosine_mean', float('nan')):.3f}, "
+                         f"query-top1 cos {d.get('query_top1_cosine_mean', float('nan')):.3f}, top1-top10 gap "
+                         f"{d.get('top1_minus_top10_mean', float('nan')):.3f}" for d in datasets if 'N' in d))
+    write_markdown(out / "index_scale.md", "Index scale: kinds x N at d = 384", rows, COLS, notes)
+    plot(out / "index_scale.png", rows)
+    return payload
+
+
 def main(argv=None) -> int:
     args = parse_args(argv)
     if args.child:
         print(json.dumps(child(args.child, json.loads(args.store), args)))
         return 0
-    from benchmarks._report import machine_info, markdown_table, write_json, write_markdown
+    from benchmarks._report import markdown_table
 
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     work = Path(args.work) if args.work else out / "work"
     work.mkdir(parents=True, exist_ok=True)
-    import faiss
-
     datasets, rows = [], []
     t_all = time.perf_counter()
     plans = [("synthetic", N) for N in args.sizes] + ([("real", None)] if args.real_n > 0 else [])
@@ -678,30 +710,11 @@ def main(argv=None) -> int:
                       f"B1 {row['search_s_b1'] * 1e3:9.2f} ms B32 {row['search_s_b32'] * 1e3:9.2f} ms "
                       f"peak {row['peak_rss_gib']:.2f} GiB disk {row['disk_bytes'] / GIB:.2f} GiB",
                       file=sys.stderr, flush=True)
+            write_results(out, args, datasets, rows, time.perf_counter() - t_all, complete=False)
         if not args.keep_work and what == "synthetic" and N >= 1_000_000:
             shutil.rmtree(Path(info["store"]).parent, ignore_errors=True)  # 1.5-15 GB each
-    for r in rows:
-        r.setdefault("nprobe", (r.get("params") or {}).get("nprobe"))
-    payload = {"benchmark": "index_scale", "k": K, "rerank_k": RERANK_K, "nprobe": NPROBE,
-               "nprobe_sweep": args.nprobe_sweep, "pq_candidates_sweep": args.pq_candidates_sweep, "hnsw": HNSW,
-               "kmeans": KMEANS, "pq_candidates": PQ_CANDIDATES, "quick": args.quick, "sizes": args.sizes,
-               "queries": args.queries, "threads": args.threads, "max_rss_gib": args.max_rss_gib,
-               "faiss": faiss.__version__, "faiss_default_blas_threshold": int(faiss.cvar.distance_compute_blas_threshold),
-               "datasets": datasets, "rows": rows, "total_s": time.perf_counter() - t_all, "machine": machine_info()}
-    write_json(out / "index_scale.json", payload)
-    cols = ["data", "kind", "N", "nprobe", "pq_candidates", "recall_at_10", "build_s", "search_s_b1", "search_s_b32",
-            "peak_rss_gib", "disk_bytes", "skipped"]
-    notes = ("Synthetic: clustered, anisotropic unit vectors (see the module docstring); queries are noisy copies of "
-             f"random rows. {args.queries} queries per N; recall@10 against exact fp32 top-10 computed by a chunked "
-             f"scan. Each kind runs in a fresh subprocess ({args.threads} threads). faiss {faiss.__version__}, default "
-             f"distance_compute_blas_threshold {payload['faiss_default_blas_threshold']} (faiss_flat_default) vs 0 "
-             "(faiss_flat_blas). search_s_* = median seconds per batch.\n\nDatasets: "
-             + "; ".join(f"{d.get('data')} N={d.get('N')}: pair cos {d.get('pair_cosine_mean', float('nan')):.3f}, "
-                         f"query-top1 cos {d.get('query_top1_cosine_mean', float('nan')):.3f}, top1-top10 gap "
-                         f"{d.get('top1_minus_top10_mean', float('nan')):.3f}" for d in datasets if 'N' in d))
-    write_markdown(out / "index_scale.md", "Index scale: kinds x N at d = 384", rows, cols, notes)
-    plot(out / "index_scale.png", rows)
-    print(markdown_table(rows, cols))
+    write_results(out, args, datasets, rows, time.perf_counter() - t_all, complete=True)
+    print(markdown_table(rows, COLS))
     return 0
 
 

@@ -39,6 +39,7 @@ def test_quick_mode_writes_rows_for_every_kind(tmp_path):
                         "--nprobe-sweep", "1,4,64", "--pq-candidates-sweep", "10,40", "--out", str(out)], capture_output=True, text=True, timeout=900)
     assert r.returncode == 0, r.stderr[-3000:]
     res = json.loads((out / "index_scale.json").read_text())
+    assert res["complete"] is True  # the partial files written after each kind are marked False
     from benchmarks.index_scale import KINDS
 
     got = {(row["kind"], row["N"]) for row in res["rows"]}
