@@ -638,6 +638,9 @@ def plot(path: Path, rows: list[dict]) -> None:
     axes[1].legend(fontsize=7, loc="upper left")
     fig.tight_layout()
     fig.savefig(path, dpi=110)
+    import matplotlib.pyplot as plt
+
+    plt.close(fig)  # plot() runs after every kind: free each figure
 
 
 COLS = ["data", "kind", "N", "nprobe", "pq_candidates", "recall_at_10", "build_s", "search_s_b1", "search_s_b32",
