@@ -93,7 +93,8 @@ def parse_args(argv=None):
     p.add_argument("--out", required=True, help="output folder")
     p.add_argument("--work", default=None, help="folder for the memmapped stores and indexes (default OUT/work)")
     p.add_argument("--quick", action="store_true", help="N = 20k, 50k; 200 queries; 3k real passages")
-    p.add_argument("--sizes", default=None, help="comma-separated N (default 100k,300k,1M,3M,10M; quick 20k,50k)")
+    p.add_argument("--sizes", default=None, help="comma-separated N (default 100k,300k,1M,3M,10M; quick 20k,50k; "
+                   "none: only the real-embedding check)")
     p.add_argument("--dim", type=int, default=384)
     p.add_argument("--kinds", default=",".join(KINDS), help=f"subset of {','.join(KINDS)}")
     p.add_argument("--queries", type=int, default=None, help="queries per N (default 1000; quick 200)")
@@ -116,11 +117,13 @@ def parse_args(argv=None):
     p.add_argument("--keep-work", action="store_true", help="keep the stores after the run (default: keep for "
                    "quick runs in OUT/work only when asked)")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--merge", nargs="+", metavar="JSON", help="join index_scale.json files of runs split across "
+                   "invocations on one host into OUT/index_scale.{json,md,png} (measures nothing)")
     p.add_argument("--child", help=argparse.SUPPRESS)
     p.add_argument("--store", help=argparse.SUPPRESS)
     args = p.parse_args(argv)
-    args.sizes = [parse_size(s) for s in (args.sizes or ("20k,50k" if args.quick else "100k,300k,1M,3M,10M"))
-                  .split(",") if s.strip()]
+    sizes = args.sizes or ("20k,50k" if args.quick else "100k,300k,1M,3M,10M")
+    args.sizes = [] if sizes.strip().lower() == "none" else [parse_size(s) for s in sizes.split(",") if s.strip()]
     args.queries = args.queries or (200 if args.quick else 1000)
     args.time_per_shape = args.time_per_shape or (1.0 if args.quick else 5.0)
     args.real_n = (3000 if args.quick else 100_000) if args.real_n is None else args.real_n
@@ -652,7 +655,7 @@ def write_results(out: Path, args, datasets: list, rows: list, total_s: float, c
     stopped keeps what it measured; ``complete`` is False until the last kind)."""
     import faiss
 
-    from benchmarks._report import machine_info, write_json, write_markdown
+    from benchmarks._report import machine_info
 
     for r in rows:
         r.setdefault("nprobe", (r.get("params") or {}).get("nprobe"))
@@ -663,17 +666,81 @@ def write_results(out: Path, args, datasets: list, rows: list, total_s: float, c
                "faiss": faiss.__version__, "faiss_default_blas_threshold": int(faiss.cvar.distance_compute_blas_threshold),
                "datasets": datasets, "rows": rows, "total_s": total_s, "complete": complete,
                "machine": machine_info()}
+    _write_outputs(out, payload)
+    return payload
+
+
+def _write_outputs(out: Path, payload: dict) -> None:
+    from benchmarks._report import write_json, write_markdown
+
     write_json(out / "index_scale.json", payload)
+    datasets = payload["datasets"]
     notes = ("Synthetic: clustered, anisotropic unit vectors (see the module docstring); queries are noisy copies of "
-             f"random rows. {args.queries} queries per N; recall@10 against exact fp32 top-10 computed by a chunked "
-             f"scan. Each kind runs in a fresh subprocess ({args.threads} threads). faiss {faiss.__version__}, default "
-             f"distance_compute_blas_threshold {payload['faiss_default_blas_threshold']} (faiss_flat_default) vs 0 "
-             "(faiss_flat_blas). search_s_* = median seconds per batch.\n\nDatasets: "
+             f"random rows. {payload['queries']} queries per N; recall@10 against exact fp32 top-10 computed by a "
+             f"chunked scan. Each kind runs in a fresh subprocess ({payload['threads']} threads). faiss "
+             f"{payload['faiss']}, default distance_compute_blas_threshold {payload['faiss_default_blas_threshold']} "
+             "(faiss_flat_default) vs 0 (faiss_flat_blas). search_s_* = median seconds per batch.\n\nDatasets: "
              + "; ".join(f"{d.get('data')} N={d.get('N')}: pair cos {d.get('pair_cosine_mean', float('nan')):.3f}, "
                          f"query-top1 cos {d.get('query_top1_cosine_mean', float('nan')):.3f}, top1-top10 gap "
                          f"{d.get('top1_minus_top10_mean', float('nan')):.3f}" for d in datasets if 'N' in d))
-    write_markdown(out / "index_scale.md", "Index scale: kinds x N at d = 384", rows, COLS, notes)
-    plot(out / "index_scale.png", rows)
+    if payload.get("merged_from"):
+        notes += "\n\nMerged from " + ", ".join(m["path"] for m in payload["merged_from"]) + " (one host)."
+    write_markdown(out / "index_scale.md", "Index scale: kinds x N at d = 384", payload["rows"], COLS, notes)
+    plot(out / "index_scale.png", payload["rows"])
+
+
+# settings that must agree for two runs' rows to share one table and plot
+MERGE_SAME = ("k", "rerank_k", "nprobe", "hnsw", "kmeans", "pq_candidates", "queries", "threads", "faiss",
+              "faiss_default_blas_threshold")
+
+
+def _row_key(r: dict) -> tuple:
+    return (r.get("data"), r["kind"], r["N"], r.get("d"), bool(r.get("sweep_point")), r.get("nprobe") if
+            r.get("sweep_point") else None, r.get("pq_candidates") if r.get("sweep_point") else None)
+
+
+def merge_results(paths: list[str], out: Path) -> dict:
+    """Join the rows of runs split across invocations (e.g. small N first, then 10M, then a kind skipped before)
+    into one OUT/index_scale.{json,md,png}. The runs must come from one host with the same settings (seconds do
+    not compare across hosts); a later run's measured row replaces an earlier row of the same kind, N and search
+    point, and a skipped row never replaces a measured one."""
+    runs = []
+    for p in paths:
+        try:
+            runs.append(json.loads(Path(p).read_text()))
+        except (OSError, ValueError) as e:
+            raise SystemExit(f"--merge: cannot read {p}: {e}")
+        if runs[-1].get("benchmark") != "index_scale":
+            raise SystemExit(f"--merge: {p} is not an index_scale result")
+    host = [(r["machine"].get("cpu_model"), tuple(r["machine"].get("bf16_flags") or ()), r["machine"].get("cpu_count"))
+            for r in runs]
+    if len(set(host)) > 1:
+        raise SystemExit(f"--merge: the runs come from different hosts {sorted(set(host))}; their seconds do not "
+                         "compare, so they cannot share one table")
+    for key in MERGE_SAME:
+        vals = {json.dumps(r.get(key), sort_keys=True) for r in runs}
+        if len(vals) > 1:
+            raise SystemExit(f"--merge: the runs differ in {key!r}: {sorted(vals)}")
+    rows: dict[tuple, dict] = {}
+    datasets: dict[tuple, dict] = {}
+    for run in runs:
+        for r in run["rows"]:
+            key = _row_key(r)
+            if "skipped" in r and key in rows and "skipped" not in rows[key]:
+                continue
+            rows[key] = r
+        for d in run["datasets"]:
+            datasets[(d.get("data"), d.get("N"))] = d
+    order = {k: i for i, k in enumerate(KINDS)}
+    merged = sorted(rows.values(), key=lambda r: (r.get("data") != "synthetic", r["N"], order.get(r["kind"], 99),
+                                                  bool(r.get("sweep_point")), r.get("nprobe") or 0,
+                                                  r.get("pq_candidates") or 0))
+    payload = {**runs[0], "rows": merged, "datasets": list(datasets.values()),
+               "sizes": sorted({N for r in runs for N in r.get("sizes", [])}),
+               "total_s": sum(r.get("total_s", 0.0) for r in runs), "complete": all(r.get("complete") for r in runs),
+               "merged_from": [{"path": str(p), "sizes": r.get("sizes"), "total_s": r.get("total_s"),
+                                "complete": r.get("complete")} for p, r in zip(paths, runs)]}
+    _write_outputs(out, payload)
     return payload
 
 
@@ -683,6 +750,11 @@ def main(argv=None) -> int:
         print(json.dumps(child(args.child, json.loads(args.store), args)))
         return 0
     from benchmarks._report import markdown_table
+
+    if args.merge:
+        payload = merge_results(args.merge, Path(args.out))
+        print(markdown_table(payload["rows"], COLS))
+        return 0
 
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)

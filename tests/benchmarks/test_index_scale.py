@@ -78,3 +78,54 @@ def test_kinds_over_the_memory_cap_are_skipped_with_a_reason():
     row = run_kind("exact_fp32", info, args)
     assert "max-rss-gib" in row["skipped"]
     assert "hnsw-max-n" in run_kind("faiss_hnsw", {**info, "N": 4_000_000, "d": 32}, args)["skipped"]
+
+
+def _run_payload(sizes, rows, cpu="Test CPU", complete=True):
+    base = {"benchmark": "index_scale", "k": 10, "rerank_k": 64, "nprobe": 32, "hnsw": {"M": 32}, "kmeans": {},
+            "pq_candidates": 100, "queries": 40, "threads": 2, "faiss": "1.15.1",
+            "faiss_default_blas_threshold": 128000, "sizes": sizes, "total_s": 10.0, "complete": complete,
+            "machine": {"cpu_model": cpu, "bf16_flags": [], "cpu_count": 2},
+            "datasets": [{"data": "synthetic", "N": n, "d": 32} for n in sizes]}
+    return {**base, "rows": rows}
+
+
+def _row(kind, N, **kw):
+    return {"kind": kind, "N": N, "d": 32, "data": "synthetic", "recall_at_10": 1.0, "peak_rss_gib": 0.5,
+            "build_s": 1.0, "search_s_b1": 1e-3, "search_s_b32": 1e-2, "nprobe": None, **kw}
+
+
+def test_merge_joins_split_runs_and_refuses_other_hosts(tmp_path):
+    from benchmarks.index_scale import merge_results
+
+    a = tmp_path / "a.json"
+    b = tmp_path / "b.json"
+    a.write_text(json.dumps(_run_payload([1000, 4000], [
+        _row("exact_fp32", 1000), _row("exact_fp32", 4000),
+        {"kind": "faiss_hnsw", "N": 4000, "d": 32, "data": "synthetic", "skipped": "N > --hnsw-max-n 1000"},
+        _row("faiss_ivf_flat", 4000, nprobe=32), _row("faiss_ivf_flat", 4000, nprobe=64, sweep_point=True)])))
+    b.write_text(json.dumps(_run_payload([4000], [
+        _row("faiss_hnsw", 4000, recall_at_10=0.97),
+        {"kind": "exact_fp32", "N": 4000, "d": 32, "data": "synthetic", "skipped": "estimated 20 GiB > cap"}])))
+    out = tmp_path / "merged"
+    res = merge_results([str(a), str(b)], out)
+    keys = [(r["kind"], r["N"], r.get("nprobe"), bool(r.get("sweep_point"))) for r in res["rows"]]
+    assert keys == [("exact_fp32", 1000, None, False), ("exact_fp32", 4000, None, False),
+                    ("faiss_ivf_flat", 4000, 32, False), ("faiss_ivf_flat", 4000, 64, True),
+                    ("faiss_hnsw", 4000, None, False)]
+    by = {(r["kind"], r["N"]): r for r in res["rows"] if not r.get("sweep_point")}
+    assert by[("faiss_hnsw", 4000)]["recall_at_10"] == 0.97, "the later run's measured row replaces the skip"
+    assert "skipped" not in by[("exact_fp32", 4000)], "a skip never replaces a measured row"
+    assert res["sizes"] == [1000, 4000] and res["complete"] and len(res["merged_from"]) == 2
+    assert json.loads((out / "index_scale.json").read_text())["rows"] == res["rows"]
+    assert (out / "index_scale.png").stat().st_size > 1000 and "Merged from" in (out / "index_scale.md").read_text()
+
+    other = tmp_path / "other.json"
+    other.write_text(json.dumps(_run_payload([1000], [_row("exact_fp32", 1000)], cpu="Another CPU")))
+    import pytest
+
+    with pytest.raises(SystemExit, match="different hosts"):
+        merge_results([str(a), str(other)], tmp_path / "no")
+    changed = tmp_path / "q.json"
+    changed.write_text(json.dumps({**_run_payload([1000], [_row("exact_fp32", 1000)]), "queries": 200}))
+    with pytest.raises(SystemExit, match="queries"):
+        merge_results([str(a), str(changed)], tmp_path / "no")
