@@ -158,6 +158,21 @@ def rss_bytes() -> int:
         return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
 
 
+def rss_split_gib() -> dict:
+    """This process's resident set now, split into anonymous memory (heap, tensors: what the process really holds)
+    and file-backed pages (memmapped stores: clean page-cache pages the kernel can drop under pressure and fault
+    back in). Empty where /proc/self/status has no such fields."""
+    out = {}
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            key, _, val = line.partition(":")
+            if key in ("RssAnon", "RssFile"):
+                out[f"end_{key[3:].lower()}_rss_gib"] = int(val.split()[0]) * 1024 / GIB
+    except OSError:
+        pass
+    return out
+
+
 def dir_bytes(path: Path) -> int:
     """Bytes on disk of a file or folder (hard links counted once per folder)."""
     path = Path(path)
@@ -546,7 +561,7 @@ def child(kind: str, info: dict, args) -> dict:
                search_s_b1=_time_search(search, queries, 1, args.time_per_shape),
                search_s_b32=_time_search(search, queries, 32, args.time_per_shape),
                disk_bytes=int(disk), peak_rss_gib=peak_rss_bytes() / GIB, base_rss_gib=rss0 / GIB,
-               threads=args.threads)
+               threads=args.threads, **rss_split_gib())
     if kind == "faiss_flat_default":
         row["b_times_d"] = {"b1": d, "b32": 32 * d}  # faiss compares B*d with blas_threshold
     if kind in IVF_KINDS and args.nprobe_sweep:  # the same built index at other search settings

@@ -49,6 +49,8 @@ def test_quick_mode_writes_rows_for_every_kind(tmp_path):
         for f in FIELDS:
             assert row[f] is not None, (row["kind"], f)
         assert row["d"] == 32 and row["peak_rss_gib"] > 0 and row["disk_bytes"] > 0
+        if sys.platform.startswith("linux"):  # the resident set at the end, split anonymous / file-backed
+            assert row["end_anon_rss_gib"] > 0 and row["end_file_rss_gib"] >= 0
         if row["kind"] in ("exact_fp32", "faiss_flat_default", "faiss_flat_blas"):
             assert row["recall_at_10"] == 1.0
         if row["kind"].startswith("exact_") and row["kind"].endswith("rerank"):
