@@ -685,9 +685,29 @@ def write_results(out: Path, args, datasets: list, rows: list, total_s: float, c
     return payload
 
 
+def loglog_slopes(rows: list[dict]) -> dict:
+    """Per kind, the least-squares slope of log(search seconds) against log(N) over the synthetic rows at the
+    kind's default parameters (3 or more sizes): about 1 for a linear scan, about 0.5 for IVF with nlist ~ sqrt(N)
+    and a fixed nprobe."""
+    import numpy as np
+
+    out = {}
+    for kind in KINDS:
+        pts = sorted((r["N"], r["search_s_b1"], r["search_s_b32"]) for r in rows if r["kind"] == kind
+                     and r.get("data") == "synthetic" and not r.get("sweep_point") and "skipped" not in r
+                     and r.get("search_s_b1") and r.get("search_s_b32"))
+        if len({p[0] for p in pts}) >= 3:
+            x = np.log([p[0] for p in pts])
+            out[kind] = {"sizes": [p[0] for p in pts],
+                         **{f"b{b}": float(np.polyfit(x, np.log([p[j] for p in pts]), 1)[0])
+                            for j, b in ((1, 1), (2, 32))}}
+    return out
+
+
 def _write_outputs(out: Path, payload: dict) -> None:
     from benchmarks._report import write_json, write_markdown
 
+    payload["loglog_slopes"] = loglog_slopes(payload["rows"])
     write_json(out / "index_scale.json", payload)
     datasets = payload["datasets"]
     notes = ("Synthetic: clustered, anisotropic unit vectors (see the module docstring); queries are noisy copies of "
@@ -698,6 +718,9 @@ def _write_outputs(out: Path, payload: dict) -> None:
              + "; ".join(f"{d.get('data')} N={d.get('N')}: pair cos {d.get('pair_cosine_mean', float('nan')):.3f}, "
                          f"query-top1 cos {d.get('query_top1_cosine_mean', float('nan')):.3f}, top1-top10 gap "
                          f"{d.get('top1_minus_top10_mean', float('nan')):.3f}" for d in datasets if 'N' in d))
+    if payload["loglog_slopes"]:
+        notes += ("\n\nLog-log slope of search time against N (B = 1 / B = 32): " + "; ".join(
+            f"{k} {v['b1']:.2f} / {v['b32']:.2f}" for k, v in payload["loglog_slopes"].items()) + ".")
     if payload.get("merged_from"):
         notes += "\n\nMerged from " + ", ".join(m["path"] for m in payload["merged_from"]) + " (one host)."
     write_markdown(out / "index_scale.md", "Index scale: kinds x N at d = 384", payload["rows"], COLS, notes)

@@ -118,6 +118,7 @@ def test_merge_joins_split_runs_and_refuses_other_hosts(tmp_path):
     assert by[("faiss_hnsw", 4000)]["recall_at_10"] == 0.97, "the later run's measured row replaces the skip"
     assert "skipped" not in by[("exact_fp32", 4000)], "a skip never replaces a measured row"
     assert res["sizes"] == [1000, 4000] and res["complete"] and len(res["merged_from"]) == 2
+    assert res["loglog_slopes"] == {}, "two sizes give no slope"
     assert json.loads((out / "index_scale.json").read_text())["rows"] == res["rows"]
     assert (out / "index_scale.png").stat().st_size > 1000 and "Merged from" in (out / "index_scale.md").read_text()
 
@@ -131,3 +132,18 @@ def test_merge_joins_split_runs_and_refuses_other_hosts(tmp_path):
     changed.write_text(json.dumps({**_run_payload([1000], [_row("exact_fp32", 1000)]), "queries": 200}))
     with pytest.raises(SystemExit, match="queries"):
         merge_results([str(a), str(changed)], tmp_path / "no")
+
+
+def test_loglog_slopes_tell_linear_from_sqrt():
+    from benchmarks.index_scale import loglog_slopes
+
+    sizes = (10_000, 100_000, 1_000_000)
+    rows = [_row("exact_fp32", n, search_s_b1=n * 1e-8, search_s_b32=n * 3e-8) for n in sizes]
+    rows += [_row("faiss_ivf_flat", n, search_s_b1=n ** 0.5 * 1e-6, search_s_b32=n ** 0.5 * 2e-6) for n in sizes]
+    rows += [_row("faiss_ivf_flat", n, nprobe=512, sweep_point=True, search_s_b1=1.0, search_s_b32=1.0)
+             for n in sizes]  # other search settings: not part of the kind's line
+    rows += [{"kind": "faiss_hnsw", "N": 10 ** 7, "d": 32, "data": "synthetic", "skipped": "cap"}]
+    got = loglog_slopes(rows)
+    assert set(got) == {"exact_fp32", "faiss_ivf_flat"}
+    assert abs(got["exact_fp32"]["b1"] - 1) < 1e-9 and abs(got["exact_fp32"]["b32"] - 1) < 1e-9
+    assert abs(got["faiss_ivf_flat"]["b1"] - 0.5) < 1e-9 and got["faiss_ivf_flat"]["sizes"] == list(sizes)
