@@ -25,6 +25,35 @@ def machine_info() -> dict[str, Any]:
     }
 
 
+def peak_rss_bytes() -> int:
+    """This process's own peak resident set (Linux ``VmHWM``, the high-water mark of its address space).
+
+    Not ``getrusage().ru_maxrss``: a child started by ``subprocess`` (vfork + exec) inherits its parent's peak
+    there, so a measuring child would report at least the parent's RSS at the time it was spawned. Falls back to
+    ``ru_maxrss`` where /proc is missing (macOS: bytes, elsewhere KiB)."""
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    import resource
+    import sys
+
+    r = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return r if sys.platform == "darwin" else r * 1024
+
+
+def rss_bytes() -> int:
+    """This process's current resident set (Linux /proc; the peak elsewhere)."""
+    try:
+        with open("/proc/self/statm") as f:
+            return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+    except OSError:
+        return peak_rss_bytes()
+
+
 def write_json(path: str | os.PathLike, payload: dict[str, Any]) -> Path:
     """Write ``payload`` atomically (temporary name, then rename)."""
     path = Path(path)

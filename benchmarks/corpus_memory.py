@@ -23,7 +23,6 @@ import gc
 import json
 import os
 import random
-import resource
 import subprocess
 import sys
 import tempfile
@@ -33,22 +32,10 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from benchmarks._report import peak_rss_bytes, rss_bytes  # noqa: E402
+
 KINDS = ("compact", "compact_load", "py_lists", "py_passages")
 N_LOOKUPS = 200_000
-
-
-def rss_bytes() -> int:
-    """Current resident set size of this process (Linux /proc; falls back to the peak elsewhere)."""
-    try:
-        with open("/proc/self/statm") as f:
-            return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
-    except OSError:
-        return peak_rss_bytes()
-
-
-def peak_rss_bytes() -> int:
-    r = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    return r if sys.platform == "darwin" else r * 1024
 
 
 def _vocab(seed: int = 0, size: int = 20_000) -> list[str]:

@@ -55,7 +55,6 @@ import argparse
 import json
 import math
 import os
-import resource
 import shutil
 import subprocess
 import sys
@@ -68,6 +67,7 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from benchmarks._report import peak_rss_bytes, rss_bytes  # noqa: E402
 from jmlr.core.fs import release_pages  # noqa: E402
 
 KINDS = ("exact_fp32", "exact_int8_rerank", "exact_bf16_rerank", "faiss_flat_default", "faiss_flat_blas",
@@ -147,16 +147,6 @@ def parse_args(argv=None):
 
 
 # ============================================================================ memory helpers
-
-def peak_rss_bytes() -> int:
-    r = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    return r if sys.platform == "darwin" else r * 1024
-
-
-def rss_bytes() -> int:
-    with open("/proc/self/statm") as f:
-        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
-
 
 def rss_split_gib() -> dict:
     """This process's resident set now, split into anonymous memory (heap, tensors: what the process really holds)

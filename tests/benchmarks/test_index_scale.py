@@ -147,3 +147,23 @@ def test_loglog_slopes_tell_linear_from_sqrt():
     assert set(got) == {"exact_fp32", "faiss_ivf_flat"}
     assert abs(got["exact_fp32"]["b1"] - 1) < 1e-9 and abs(got["exact_fp32"]["b32"] - 1) < 1e-9
     assert abs(got["faiss_ivf_flat"]["b1"] - 0.5) < 1e-9 and got["faiss_ivf_flat"]["sizes"] == list(sizes)
+
+
+def test_a_measuring_child_reports_its_own_peak_not_its_parents(tmp_path):
+    """ru_maxrss of a subprocess child starts at the parent's RSS (vfork + exec); the benchmarks' children read
+    their own high-water mark instead, so a small kind next to a big parent is not charged the parent's memory."""
+    import os
+
+    import pytest
+
+    if not os.path.exists("/proc/self/status"):
+        pytest.skip("VmHWM comes from Linux /proc")
+    held = np.ones(2 ** 26)  # 512 MiB resident in this (the parent) process
+    code = ("import json, resource, sys; sys.path.insert(0, sys.argv[1]); from benchmarks._report import "
+            "peak_rss_bytes; print(json.dumps([peak_rss_bytes(), resource.getrusage(resource.RUSAGE_SELF)"
+            ".ru_maxrss * 1024]))")
+    own, inherited = json.loads(subprocess.run([sys.executable, "-c", code, str(ROOT)], capture_output=True,
+                                               text=True, check=True).stdout)
+    assert held.sum() == 2 ** 26
+    assert own < 0.25 * 2 ** 30, "the child holds far less than the parent's 512 MiB"
+    assert own <= inherited  # where ru_maxrss inherits (Linux), it shows the parent's memory; VmHWM does not
