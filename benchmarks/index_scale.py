@@ -633,7 +633,7 @@ def plot(path: Path, rows: list[dict]) -> None:
             if pts:
                 ax.plot([p[0] for p in pts], [p[1] for p in pts], marker="o",
                         ls="-" if kind.startswith("exact") or "flat_" in kind else "--", label=kind)
-        real = [r for r in rows if r["data"] != "synthetic" and r.get(key)]
+        real = [r for r in rows if r["data"] != "synthetic" and r.get(key) and not r.get("sweep_point")]
         if real:
             ax.scatter([r["N"] for r in real], [r[key] for r in real], marker="*", s=80, c="k", zorder=5,
                        label="real MiniLM (all kinds)")
