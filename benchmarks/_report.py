@@ -25,19 +25,29 @@ def machine_info() -> dict[str, Any]:
     }
 
 
+def proc_status_bytes(*keys: str) -> dict[str, int]:
+    """The ``kB`` fields ``keys`` of Linux /proc/self/status, in bytes (empty where /proc is missing)."""
+    out = {}
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                key, _, val = line.partition(":")
+                if key in keys:
+                    out[key] = int(val.split()[0]) * 1024
+    except OSError:
+        pass
+    return out
+
+
 def peak_rss_bytes() -> int:
     """This process's own peak resident set (Linux ``VmHWM``, the high-water mark of its address space).
 
     Not ``getrusage().ru_maxrss``: a child started by ``subprocess`` (vfork + exec) inherits its parent's peak
     there, so a measuring child would report at least the parent's RSS at the time it was spawned. Falls back to
     ``ru_maxrss`` where /proc is missing (macOS: bytes, elsewhere KiB)."""
-    try:
-        with open("/proc/self/status") as f:
-            for line in f:
-                if line.startswith("VmHWM:"):
-                    return int(line.split()[1]) * 1024
-    except OSError:
-        pass
+    hwm = proc_status_bytes("VmHWM").get("VmHWM")
+    if hwm is not None:
+        return hwm
     import resource
     import sys
 

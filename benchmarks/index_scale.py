@@ -67,7 +67,7 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from benchmarks._report import peak_rss_bytes, rss_bytes  # noqa: E402
+from benchmarks._report import peak_rss_bytes, proc_status_bytes, rss_bytes  # noqa: E402
 from jmlr.core.fs import release_pages  # noqa: E402
 
 KINDS = ("exact_fp32", "exact_int8_rerank", "exact_bf16_rerank", "faiss_flat_default", "faiss_flat_blas",
@@ -152,15 +152,7 @@ def rss_split_gib() -> dict:
     """This process's resident set now, split into anonymous memory (heap, tensors: what the process really holds)
     and file-backed pages (memmapped stores: clean page-cache pages the kernel can drop under pressure and fault
     back in). Empty where /proc/self/status has no such fields."""
-    out = {}
-    try:
-        for line in Path("/proc/self/status").read_text().splitlines():
-            key, _, val = line.partition(":")
-            if key in ("RssAnon", "RssFile"):
-                out[f"end_{key[3:].lower()}_rss_gib"] = int(val.split()[0]) * 1024 / GIB
-    except OSError:
-        pass
-    return out
+    return {f"end_{k[3:].lower()}_rss_gib": v / GIB for k, v in proc_status_bytes("RssAnon", "RssFile").items()}
 
 
 def dir_bytes(path: Path) -> int:
@@ -648,7 +640,7 @@ def plot(path: Path, rows: list[dict]) -> None:
     fig.savefig(path, dpi=110)
     import matplotlib.pyplot as plt
 
-    plt.close(fig)  # plot() runs after every kind: free each figure
+    plt.close(fig)
 
 
 COLS = ["data", "kind", "N", "nprobe", "pq_candidates", "recall_at_10", "build_s", "search_s_b1", "search_s_b32",
@@ -656,8 +648,8 @@ COLS = ["data", "kind", "N", "nprobe", "pq_candidates", "recall_at_10", "build_s
 
 
 def write_results(out: Path, args, datasets: list, rows: list, total_s: float, complete: bool) -> dict:
-    """Write OUT/index_scale.{json,md,png} from the rows so far (called after every kind, so a run that dies or is
-    stopped keeps what it measured; ``complete`` is False until the last kind)."""
+    """Write OUT/index_scale.{json,md} from the rows so far (called after every kind, so a run that dies or is
+    stopped keeps what it measured; ``complete`` is False until the last kind, which also writes the plot)."""
     import faiss
 
     from benchmarks._report import machine_info
@@ -671,7 +663,7 @@ def write_results(out: Path, args, datasets: list, rows: list, total_s: float, c
                "faiss": faiss.__version__, "faiss_default_blas_threshold": int(faiss.cvar.distance_compute_blas_threshold),
                "datasets": datasets, "rows": rows, "total_s": total_s, "complete": complete,
                "machine": machine_info()}
-    _write_outputs(out, payload)
+    _write_outputs(out, payload, with_plot=complete)
     return payload
 
 
@@ -694,7 +686,7 @@ def loglog_slopes(rows: list[dict]) -> dict:
     return out
 
 
-def _write_outputs(out: Path, payload: dict) -> None:
+def _write_outputs(out: Path, payload: dict, with_plot: bool = True) -> None:
     from benchmarks._report import write_json, write_markdown
 
     payload["loglog_slopes"] = loglog_slopes(payload["rows"])
@@ -714,7 +706,8 @@ def _write_outputs(out: Path, payload: dict) -> None:
     if payload.get("merged_from"):
         notes += "\n\nMerged from " + ", ".join(m["path"] for m in payload["merged_from"]) + " (one host)."
     write_markdown(out / "index_scale.md", "Index scale: kinds x N at d = 384", payload["rows"], COLS, notes)
-    plot(out / "index_scale.png", payload["rows"])
+    if with_plot:  # the partial writes after each kind keep the JSON and markdown; the plot comes at the end
+        plot(out / "index_scale.png", payload["rows"])
 
 
 # settings that must agree for two runs' rows to share one table and plot
